@@ -1,0 +1,125 @@
+"""``nnunet-efficient predict``: nnUNetv2_predict's arguments (or ``-m MODEL_FOLDER``), plus
+``--strategy``, ``--batch_size`` and the strategies' options."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+from nnunet_efficient.cli.env import ext_trainer_value
+
+NAME = "predict"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def add_nnunet_predict_arguments(p) -> None:
+    """nnUNetv2_predict's flags (``-d``/``-c`` optional here because ``-m`` may replace them)."""
+    p.add_argument("-i", required=True, help="input folder of CASE_XXXX<file_ending> images")
+    p.add_argument("-o", required=True, help="output folder (created if missing)")
+    p.add_argument("-d", help="dataset name or ID (with -tr/-p/-c, finds the model in nnUNet_results)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
+    p.add_argument("-tr", default="nnUNetTrainer", help="trainer of the model. Default: nnUNetTrainer")
+    p.add_argument("-c", help="configuration, e.g. 3d_fullres")
+    p.add_argument("-m", help="trained model folder (TRAINER__PLANS__CONFIG); replaces -d/-tr/-p/-c")
+    p.add_argument("-f", nargs="+", default=("0", "1", "2", "3", "4"),
+                   help="folds to ensemble. Default: 0 1 2 3 4")
+    p.add_argument("-step_size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch (0 < s <= 1). Default: 0.5")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--verbose", action="store_true", help="print more")
+    p.add_argument("--save_probabilities", action="store_true", help="also write .npz probabilities")
+    p.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name. Default: checkpoint_final.pth")
+    p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
+                   help="preprocessing processes (0 with -nps 0: no multiprocessing). Default: 3")
+    p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3),
+                   help="export processes (0 with -npp 0: no multiprocessing). Default: 3")
+    p.add_argument("-prev_stage_predictions", help="previous-stage predictions (cascade)")
+    p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts. Default: 1")
+    p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0-based). Default: 0")
+    p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="Default: cuda")
+    p.add_argument("--disable_progress_bar", action="store_true", help="no progress bars")
+    p.add_argument("--not_on_device", action="store_true", help="keep aggregation buffers on the host")
+
+
+def add_parser(subparsers) -> None:
+    from nnunet_efficient.inference.strategies import add_strategy_arguments
+
+    p = subparsers.add_parser(
+        NAME, help="nnUNetv2_predict with inference strategies (same flags, plus --strategy)",
+        description="Predict like nnUNetv2_predict (same flags; -m MODEL_FOLDER as in "
+                    "nnUNetv2_predict_from_modelfolder) with a choice of inference strategy.")
+    add_nnunet_predict_arguments(p)
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="windows per network call; mirrored copies are batched too. Default: 1")
+    add_strategy_arguments(p)
+
+
+def resolve_model_folder(args) -> str:
+    from nnunet_efficient.errors import EfficientError
+
+    if args.m:
+        return args.m
+    if not (args.d and args.c):
+        raise EfficientError("give either -m MODEL_FOLDER or -d DATASET and -c CONFIGURATION")
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    try:
+        return get_output_folder(args.d, args.tr, args.p, args.c)
+    except RuntimeError as error:  # unset nnUNet_results, unknown dataset
+        raise EfficientError(str(error).splitlines()[0]) from None
+
+
+def select_device(name: str):
+    import torch
+
+    if name == "cpu":
+        # as nnUNetv2_predict: every core for the network on CPU
+        torch.set_num_threads(multiprocessing.cpu_count())
+        return torch.device("cpu")
+    if name == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        return torch.device("cuda")
+    return torch.device("mps")
+
+
+def run(args, extra) -> int:
+    from nnunet_efficient.errors import EfficientError
+    from nnunet_efficient.inference.predictor import EfficientPredictor
+    from nnunet_efficient.inference.strategies import STRATEGIES
+
+    if not 0 <= args.part_id < args.num_parts:
+        raise EfficientError(f"-part_id must be between 0 and -num_parts - 1, got {args.part_id}")
+    if not 0 < args.step_size <= 1:
+        raise EfficientError(f"-step_size must be in (0, 1], got {args.step_size}")
+    if args.batch_size < 1:
+        raise EfficientError(f"--batch_size must be >= 1, got {args.batch_size}")
+    # checkpoints name their trainer class, which may be one of the plugin's
+    os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
+    model_folder = resolve_model_folder(args)
+    folds = [f if f == "all" else int(f) for f in args.f]
+    predictor = EfficientPredictor(
+        tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
+        perform_everything_on_device=not args.not_on_device, device=select_device(args.device),
+        verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar,
+        strategy=STRATEGIES[args.strategy].from_args(args), sw_batch_size=args.batch_size)
+    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+    if args.npp == 0 and args.nps == 0:
+        if args.num_parts != 1:
+            raise EfficientError("-num_parts needs multiprocessing (-npp/-nps > 0)")
+        predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
+                                                overwrite=not args.continue_prediction,
+                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions)
+    else:
+        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                     overwrite=not args.continue_prediction,
+                                     num_processes_preprocessing=args.npp,
+                                     num_processes_segmentation_export=args.nps,
+                                     folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                     num_parts=args.num_parts, part_id=args.part_id)
+    return 0

@@ -1,0 +1,17 @@
+"""Inference strategies: each turns a preprocessed volume into logits.
+
+Importing this package registers the built-in strategies.
+"""
+
+from nnunet_efficient.inference.strategies import sliding_window  # noqa: F401  (registers)
+from nnunet_efficient.inference.strategies.base import (
+    STRATEGIES,
+    InferenceStrategy,
+    StrategyOption,
+    add_strategy_arguments,
+    get_strategy,
+    register_strategy,
+)
+
+__all__ = ["STRATEGIES", "InferenceStrategy", "StrategyOption", "add_strategy_arguments", "get_strategy",
+           "register_strategy"]

@@ -1,0 +1,510 @@
+"""NMSW ("No More Sliding Window", MICCAI 2025) as a pure-PyTorch module.
+
+One cheap global U-Net pass over a downsampled volume, a learned choice of K full-resolution
+windows among nnU-Net's sliding-window grid, a local U-Net on those windows and a learned
+merge (SPEC section 3). Never imports nnunetv2: the trainer and predictor adapters translate
+between nnU-Net's objects and this module.
+
+Example:
+    >>> net = NMSWNetwork(global_unet, local_unet, num_classes=3, window_size=(64, 64, 64),
+    ...                   global_shape=(48, 48, 48))
+    >>> n = net.num_candidates(image.shape[2:])
+    >>> out = net.forward_train(image, noise=sample_gumbel((1, n), gen),
+    ...                         random_window_start=[draw_random_window_start(label[0], (64,) * 3, gen)])
+    >>> loss = dice_ce(out["logits"], label) + ... + ENTROPY_WEIGHT * score_entropy(out["masked_scores"])
+    >>> pred = net.forward_infer(image, k=5)["logits"]
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_efficient.networks.aggregation import AggregationNet, blend_windows, gaussian_importance_map
+from nnunet_efficient.sampling.topk import (
+    DEFAULT_TAU,
+    background_log_mask,
+    gumbel_topk,
+    random_foreground_indices,
+    score_entropy,
+    topk_indices,
+)
+from nnunet_efficient.sampling.windows import (
+    ZoomBox,
+    crop_window,
+    grid_shape,
+    window_grid,
+    zoom_boxes,
+)
+
+__all__ = [
+    "ENTROPY_WEIGHT",
+    "MAX_SCORE",
+    "GlobalBranch",
+    "NMSWNetwork",
+    "Scorer",
+    "downsample_image",
+    "downsample_label",
+    "foreground_on_grid",
+    "score_entropy",
+]
+
+#: Weight of :func:`score_entropy` in NMSW's total loss: negative, the entropy is maximised.
+ENTROPY_WEIGHT = -1e-5
+
+#: Scores are clamped from above (reference): keeps ``exp(score / tau)`` finite in float32.
+MAX_SCORE = 70.0
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _resize_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    # align_corners=False and no anti-aliasing, as the reference's MONAI Resize.
+    return F.interpolate(x, size=tuple(size), mode=_LINEAR_MODE[len(size)], align_corners=False)
+
+
+def downsample_image(image: torch.Tensor, global_shape: Sequence[int]) -> torch.Tensor:
+    """Full-resolution image to the global branch's input: (bi/tri)linear, no anti-aliasing.
+
+    Args:
+        image: ``(B, C, X, Y, Z)``.
+        global_shape: target spatial shape ``(x, y, z)``.
+
+    Returns:
+        ``(B, C, *global_shape)``.
+    """
+    return _resize_linear(image, global_shape)
+
+
+def downsample_label(label: torch.Tensor, global_shape: Sequence[int]) -> torch.Tensor:
+    """Full-resolution label map to the global shape (nearest), for the global branch's loss.
+
+    Args:
+        label: integer or float ``(B, 1, X, Y, Z)``.
+        global_shape: target spatial shape ``(x, y, z)``.
+
+    Returns:
+        ``(B, 1, *global_shape)``, same dtype as ``label``.
+    """
+    # F.interpolate has no integer kernels; class ids are exact in float32.
+    return F.interpolate(label.float(), size=tuple(global_shape), mode="nearest").to(label.dtype)
+
+
+def foreground_on_grid(global_logits: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Which candidates lie on foreground: ``argmax(global logits) != 0``, nearest-resized to the grid.
+
+    Args:
+        global_logits: ``(B, C, x, y, z)`` low-resolution logits.
+        grid: candidate-grid shape ``(n_x, n_y, n_z)``.
+
+    Returns:
+        Boolean ``(B, N)``, ``N = prod(grid)``, flattened in C order like the window grid.
+    """
+    labels = global_logits.detach().argmax(1, keepdim=True).float()
+    # mode="nearest" (PyTorch's floor rule) as the reference's get_background_mask.
+    return (F.interpolate(labels, size=tuple(grid), mode="nearest") > 0).flatten(1)
+
+
+class GlobalBranch(nn.Module):
+    """Runs a dynamic_network_architectures U-Net and also returns a decoder feature map.
+
+    Works with anything that has ``.encoder`` (returning its skips) and a ``UNetDecoder``-like
+    ``.decoder`` (``transpconvs``, ``stages``, ``seg_layers``), e.g. ``PlainConvUNet`` and
+    ``ResidualEncoderUNet``. The decoder is iterated here, exactly as ``UNetDecoder.forward``
+    does, so no hooks are needed. Only the full-resolution logits are produced (no deep
+    supervision), whatever ``decoder.deep_supervision`` says.
+
+    The feature map is the output of decoder stage ``len(stages) - 2``: the resolution of
+    encoder stage 1, i.e. half the input for nnU-Net's usual first stride of 1 and second of 2
+    (the reference's "second-last" feature). With a single decoder stage there is no such
+    stage and the last decoder stage (input resolution) is used instead.
+
+    Args:
+        unet: the global network.
+
+    Attributes:
+        feature_channels: channel count of the returned feature map.
+        feature_stage: index of the decoder stage whose output is returned.
+    """
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        decoder = getattr(unet, "decoder", None)
+        if not hasattr(unet, "encoder") or not all(
+            hasattr(decoder, a) for a in ("transpconvs", "stages", "seg_layers")
+        ):
+            raise TypeError(
+                f"global_net {type(unet).__name__} must have .encoder and a UNetDecoder-like .decoder "
+                f"(PlainConvUNet or ResidualEncoderUNet from dynamic_network_architectures)."
+            )
+        n = len(decoder.stages)
+        if n < 1:
+            raise ValueError("global_net needs at least one decoder stage (an encoder of >= 2 stages).")
+        self.unet = unet
+        self.feature_stage = n - 2 if n >= 2 else n - 1
+        self.feature_channels = int(decoder.seg_layers[self.feature_stage].in_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global pass.
+
+        Args:
+            x: ``(B, C_in, x, y, z)`` downsampled image.
+
+        Returns:
+            ``(logits, features)``: logits ``(B, classes, x, y, z)`` and the feature map
+            ``(B, feature_channels, ...)`` (half resolution, see the class docstring).
+        """
+        decoder = self.unet.decoder
+        skips = self.unet.encoder(x)
+        lres = skips[-1]
+        features = None
+        for s in range(len(decoder.stages)):
+            h = decoder.transpconvs[s](lres)
+            h = torch.cat((h, skips[-(s + 2)]), 1)
+            h = decoder.stages[s](h)
+            if s == self.feature_stage:
+                features = h
+            lres = h
+        return decoder.seg_layers[-1](lres), features
+
+
+class Scorer(nn.Module):
+    """One score per candidate window from the global branch's feature map.
+
+    The features are resized (bi/trilinear) to the candidate-grid shape, then a 1x1x1 head
+    C -> C/2 -> C/2 (LeakyReLU 0.1 after each) -> 1 -> 1 (two linear convs), clamped at
+    :data:`MAX_SCORE` from above.
+
+    Args:
+        in_channels: C, the feature map's channels.
+        conv_op: ``nn.Conv3d`` (or ``nn.Conv2d`` in 2D).
+    """
+
+    def __init__(self, in_channels: int, conv_op: type[nn.Module] = nn.Conv3d):
+        super().__init__()
+        h = max(int(in_channels) // 2, 1)
+        self.head = nn.Sequential(
+            conv_op(in_channels, h, 1),
+            nn.LeakyReLU(0.1, inplace=True),
+            conv_op(h, h, 1),
+            nn.LeakyReLU(0.1, inplace=True),
+            conv_op(h, 1, 1),
+            conv_op(1, 1, 1),
+        )
+
+    def forward(self, features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """Score the candidates.
+
+        Args:
+            features: ``(B, C, x', y', z')`` feature map.
+            grid: candidate-grid shape ``(n_x, n_y, n_z)``.
+
+        Returns:
+            ``(B, N)`` scores, ``N = prod(grid)``, C order like the window grid, at most 70.
+        """
+        s = self.head(_resize_linear(features, grid))
+        return s.clamp(max=MAX_SCORE).flatten(1)
+
+
+class NMSWNetwork(nn.Module):
+    """Global branch + scorer + differentiable top-k + local branch + learned merge.
+
+    ``forward(x)`` is the local network alone, so nnU-Net's stock sliding-window predictor run
+    on an NMSW model still works (as a plain sliding window of the local branch).
+    ``local_net`` is a plain attribute: its ``state_dict`` keys are ``local_net.*``, so a stock
+    nnU-Net model's weights load into it.
+
+    Args:
+        global_net: U-Net for the downsampled volume (wrapped by :class:`GlobalBranch`).
+        local_net: any module mapping ``(W, C_in, *window)`` to ``(W, classes, *window)``
+            logits, e.g. the plan's ``PlainConvUNet``; a deep-supervision list is accepted and
+            its first (full-resolution) entry used.
+        num_classes: number of output classes (background included).
+        window_size: local window shape ``(x, y, z)`` (the plan's patch size).
+        global_shape: spatial shape the full-resolution input is resized to for the global branch.
+        step: sliding-window step as a fraction of the window (nnU-Net's ``tile_step_size``).
+        k_train: windows chosen by the top-k in training (reference: 4, plus 1 random).
+        k_infer: default windows chosen at inference (reference: 5).
+        tau: Gumbel-softmax temperature.
+    """
+
+    def __init__(
+        self,
+        global_net: nn.Module,
+        local_net: nn.Module,
+        num_classes: int,
+        window_size: Sequence[int],
+        global_shape: Sequence[int],
+        step: float = 0.5,
+        k_train: int = 4,
+        k_infer: int = 5,
+        tau: float = DEFAULT_TAU,
+    ):
+        super().__init__()
+        if len(global_shape) != len(window_size) or len(window_size) not in _CONV:
+            raise ValueError(
+                f"window_size {tuple(window_size)} and global_shape {tuple(global_shape)} must both be "
+                f"1D, 2D or 3D shapes of the same length."
+            )
+        conv_op = _CONV[len(window_size)]
+        self.global_branch = GlobalBranch(global_net)
+        divisor = _total_stride(global_net.encoder, len(global_shape))
+        if divisor is not None and any(g % d for g, d in zip(global_shape, divisor, strict=True)):
+            # Otherwise the decoder's skip concatenation fails deep inside the forward pass.
+            raise ValueError(
+                f"global_shape {tuple(global_shape)} must be divisible by the global network's total "
+                f"stride {divisor} on every axis."
+            )
+        self.local_net = local_net
+        self.scorer = Scorer(self.global_branch.feature_channels, conv_op)
+        self.aggregator = AggregationNet(num_classes, conv_op)
+        self.num_classes = int(num_classes)
+        self.window_size = tuple(int(w) for w in window_size)
+        self.global_shape = tuple(int(g) for g in global_shape)
+        self.step = float(step)
+        self.k_train = int(k_train)
+        self.k_infer = int(k_infer)
+        self.tau = float(tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The local network on a window batch ``(W, C_in, *window)`` (see the class docstring)."""
+        return self.local_net(x)
+
+    # ------------------------------------------------------------------ geometry helpers
+    def grid(self, image_shape: Sequence[int]) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+        """Candidate window starts (C order) and grid shape for a full-resolution spatial shape."""
+        return (
+            window_grid(image_shape, self.window_size, self.step),
+            grid_shape(image_shape, self.window_size, self.step),
+        )
+
+    def num_candidates(self, image_shape: Sequence[int]) -> int:
+        """N, the number of candidate windows (the length of the Gumbel noise vector)."""
+        return len(window_grid(image_shape, self.window_size, self.step))
+
+    # ------------------------------------------------------------------ training
+    def forward_train(
+        self,
+        image_fullres: torch.Tensor,
+        image_lowres: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        random_window_start: Sequence[Sequence[int]] | Sequence[int] | None = None,
+    ) -> dict:
+        """Training pass with the differentiable top-k (``k_train`` windows).
+
+        Window ``k`` is gathered by index and multiplied by ``z_k[n*] * y_k[n*]`` (value
+        ``y_k[n*]``): the reference's ``sum_n z_k[n] y_k[n] window_n`` restricted to the chosen
+        candidate, without cutting all N windows. That factor is the only path from the scores
+        to the aggregated logits; it is training-only (inference feeds the raw window, a
+        train/test mismatch the reference accepts).
+
+        Args:
+            image_fullres: ``(B, C_in, X, Y, Z)``; every axis at least the window.
+            image_lowres: ``(B, C_in, *global_shape)``; computed by :func:`downsample_image`
+                when ``None``.
+            noise: Gumbel noise ``(B, N)`` from ``sample_gumbel``; ``None`` for no noise.
+            random_window_start: start of the extra random window per sample (``B`` tuples, or
+                one tuple used for every sample), e.g. from ``draw_random_window_start``;
+                ``None`` for no extra window.
+
+        Returns:
+            dict with
+            ``logits`` ``(B, classes, X, Y, Z)`` aggregated full-resolution logits;
+            ``global_logits`` ``(B, classes, *global_shape)``;
+            ``scores``, ``masked_scores`` ``(B, N)`` (clamped; masked = + background mask);
+            ``foreground`` ``(B, N)`` bool; ``grid_shape``;
+            ``z``, ``y`` ``(B, K, N)`` straight-through and soft selections; ``indices`` ``(B, K)``;
+            ``window_starts``: per sample the K chosen starts;
+            ``local_logits`` ``(B, K [+ 1], classes, *window)``, the random window last;
+            ``local_starts``: per sample the starts of ``local_logits`` (to crop the labels).
+        """
+        b = image_fullres.shape[0]
+        spatial = tuple(image_fullres.shape[2:])
+        if image_lowres is None:
+            image_lowres = downsample_image(image_fullres, self.global_shape)
+        glob = self._global_pass(image_lowres, spatial)
+        sel = gumbel_topk(glob["masked_scores"], self.k_train, noise, self.tau)
+        starts = glob.pop("starts")
+        indices = sel.indices.tolist()
+        window_starts = [[starts[n] for n in row] for row in indices]
+        random_starts = _per_sample_starts(random_window_start, b)
+
+        crops, local_starts = [], []
+        for i in range(b):
+            for k, n in enumerate(indices[i]):
+                weight = sel.z[i, k, n] * sel.y[i, k, n]
+                crops.append(crop_window(image_fullres[i], starts[n], self.window_size) * weight)
+            local_starts.append(list(window_starts[i]))
+            if random_starts is not None:
+                crops.append(crop_window(image_fullres[i], random_starts[i], self.window_size))
+                local_starts[-1].append(tuple(int(s) for s in random_starts[i]))
+        local_logits = self._local(torch.stack(crops)).unflatten(0, (b, -1))
+
+        k = sel.indices.shape[1]
+        logits = self._aggregate(glob["global_logits"], local_logits[:, :k], window_starts, spatial)
+        return {
+            **glob,
+            "logits": logits,
+            "z": sel.z,
+            "y": sel.y,
+            "indices": sel.indices,
+            "window_starts": window_starts,
+            "local_logits": local_logits,
+            "local_starts": local_starts,
+        }
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def forward_infer(
+        self,
+        image_fullres: torch.Tensor,
+        k: int | None = None,
+        strategy: str = "nmsw",
+        generator: torch.Generator | None = None,
+    ) -> dict:
+        """Inference: choose windows, run the local net one window at a time, merge.
+
+        Strategies (all on the same weights, so a comparison measures sampling only):
+        ``"nmsw"`` plain top-k of the masked scores (no noise, deterministic); ``"random_fg"``
+        k windows uniformly among foreground candidates (needs ``generator`` for
+        reproducibility); ``"all"`` every candidate (a sliding window with the learned merge).
+
+        Args:
+            image_fullres: ``(B, C_in, X, Y, Z)``; every axis at least the window.
+            k: number of windows (default ``k_infer``); ``k >= N`` takes all. Ignored by ``"all"``.
+            strategy: ``"nmsw"``, ``"random_fg"`` or ``"all"``.
+            generator: generator for ``"random_fg"`` (any device).
+
+        Returns:
+            dict with ``logits`` ``(B, classes, X, Y, Z)``, ``global_logits``, ``scores``,
+            ``masked_scores``, ``foreground`` ``(B, N)``, ``grid_shape``, ``indices`` ``(B, K)``
+            and ``window_starts`` (per sample the K starts).
+        """
+        spatial = tuple(image_fullres.shape[2:])
+        glob = self._global_pass(downsample_image(image_fullres, self.global_shape), spatial)
+        starts = glob.pop("starts")
+        k = self.k_infer if k is None else int(k)
+        if strategy == "nmsw":
+            indices = topk_indices(glob["masked_scores"], k)
+        elif strategy == "random_fg":
+            indices = random_foreground_indices(glob["foreground"], k, generator)
+        elif strategy == "all":
+            n = len(starts)
+            indices = torch.arange(n, device=image_fullres.device).expand(image_fullres.shape[0], n)
+        else:
+            raise ValueError(f"strategy must be 'nmsw', 'random_fg' or 'all', got {strategy!r}.")
+        window_starts = [[starts[n] for n in row] for row in indices.tolist()]
+
+        global_up = _resize_linear(glob["global_logits"].float(), spatial)
+        importance = gaussian_importance_map(self.window_size, device=image_fullres.device)
+
+        def refined(i: int) -> Iterator[tuple[tuple[int, ...], torch.Tensor]]:
+            # One window at a time: memory stays that of one window, like nnU-Net's predictor.
+            for start in window_starts[i]:
+                local = self._local(crop_window(image_fullres[i : i + 1], start, self.window_size))
+                yield start, self.aggregator(local, crop_window(global_up[i : i + 1], start, self.window_size))[0]
+
+        logits = torch.stack([blend_windows(global_up[i], refined(i), importance) for i in range(len(global_up))])
+        return {**glob, "logits": logits, "indices": indices, "window_starts": window_starts}
+
+    def forward_all_windows(self, image_fullres: torch.Tensor) -> dict:
+        """Every candidate window with the learned merge: ``forward_infer(strategy="all")``."""
+        return self.forward_infer(image_fullres, strategy="all")
+
+    # ------------------------------------------------------------------ baselines' helpers
+    def select_random_foreground(
+        self, global_logits: torch.Tensor, grid: Sequence[int], k: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Candidate indices for the ``random_fg`` baseline.
+
+        Args:
+            global_logits: ``(B, classes, x, y, z)``.
+            grid: candidate-grid shape.
+            k: number of windows (background fills up when foreground runs out).
+            generator: generator for reproducible draws (any device).
+
+        Returns:
+            Long ``(B, min(k, N))``.
+        """
+        return random_foreground_indices(foreground_on_grid(global_logits, grid), k, generator)
+
+    def zoom_boxes(self, global_logits: torch.Tensor, image_shape: Sequence[int]) -> list[list[ZoomBox]]:
+        """Per-class boxes of the global prediction for the ``zoom`` baseline.
+
+        Args:
+            global_logits: ``(B, classes, x, y, z)``.
+            image_shape: full-resolution spatial shape ``(X, Y, Z)``.
+
+        Returns:
+            Per sample, one :class:`ZoomBox` per foreground class present (full-resolution
+            coordinates, at least one window large where the image allows).
+        """
+        seg = global_logits.detach().argmax(1)
+        return [zoom_boxes(s, image_shape, self.window_size) for s in seg]
+
+    # ------------------------------------------------------------------ internals
+    def _global_pass(self, image_lowres: torch.Tensor, spatial: tuple[int, ...]) -> dict:
+        global_logits, features = self.global_branch(image_lowres)
+        starts, grid = self.grid(spatial)
+        scores = self.scorer(features, grid)
+        foreground = foreground_on_grid(global_logits, grid)
+        masked = scores + background_log_mask(foreground).to(scores.dtype)
+        return {
+            "global_logits": global_logits,
+            "scores": scores,
+            "masked_scores": masked,
+            "foreground": foreground,
+            "grid_shape": grid,
+            "starts": starts,
+        }
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.local_net(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def _aggregate(
+        self,
+        global_logits: torch.Tensor,
+        local_logits: torch.Tensor,
+        window_starts: list[list[tuple[int, ...]]],
+        spatial: tuple[int, ...],
+    ) -> torch.Tensor:
+        # The merge must not train the global branch (reference: global logits detached).
+        global_up = _resize_linear(global_logits.detach().float(), spatial)
+        b, k = local_logits.shape[:2]
+        global_crops = torch.stack(
+            [crop_window(global_up[i], s, self.window_size) for i in range(b) for s in window_starts[i]]
+        )
+        refined = self.aggregator(local_logits.flatten(0, 1), global_crops).unflatten(0, (b, k))
+        importance = gaussian_importance_map(self.window_size, device=global_up.device)
+        return torch.stack(
+            [blend_windows(global_up[i], zip(window_starts[i], refined[i], strict=True), importance) for i in range(b)]
+        )
+
+
+def _per_sample_starts(
+    starts: Sequence[Sequence[int]] | Sequence[int] | None, batch: int
+) -> list[tuple[int, ...]] | None:
+    if starts is None:
+        return None
+    if len(starts) > 0 and isinstance(starts[0], numbers.Integral):
+        return [tuple(starts)] * batch
+    if len(starts) != batch:
+        raise ValueError(f"random_window_start needs one start per sample ({batch}), got {len(starts)}.")
+    return [tuple(int(v) for v in s) for s in starts]
+
+
+def _total_stride(encoder: nn.Module, ndim: int) -> tuple[int, ...] | None:
+    strides = getattr(encoder, "strides", None)
+    if strides is None:
+        return None
+    total = [1] * ndim
+    for st in strides:
+        st = [int(st)] * ndim if isinstance(st, numbers.Integral) else [int(v) for v in st]
+        total = [t * v for t, v in zip(total, st, strict=True)]
+    return tuple(total)

@@ -1,0 +1,148 @@
+"""Gaussian-weighted sliding-window aggregation with batched windows and batched mirroring.
+
+Pure PyTorch: the caller supplies the network, the window slicers and the importance map, so
+the same engine serves a stock nnU-Net model (with nnU-Net's own grid and Gaussian, for exact
+parity) and any plugin strategy that evaluates a subset of windows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+Slicer = tuple  # (slice(None), *spatial slices or ints), as nnU-Net builds them
+
+
+@dataclass
+class WindowRun:
+    """What one inference pass evaluated.
+
+    Attributes:
+        windows: number of windows aggregated into the output.
+        network_passes: number of network forward calls (batches × mirror variants).
+        network_inputs: number of window-sized inputs the network saw (windows × mirror variants).
+    """
+
+    windows: int = 0
+    network_passes: int = 0
+    network_inputs: int = 0
+
+    def __iadd__(self, other: WindowRun) -> WindowRun:
+        self.windows += other.windows
+        self.network_passes += other.network_passes
+        self.network_inputs += other.network_inputs
+        return self
+
+
+def mirror_axes_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ...]]:
+    """All non-empty combinations of spatial mirror axes, in nnU-Net's order.
+
+    Args:
+        mirror_axes: spatial axes (0-based, without batch and channel), or None for no TTA.
+
+    Returns:
+        Tensor axes (offset by 2 for batch and channel) to flip, one tuple per mirrored pass.
+        The identity pass is not included.
+
+    Example:
+        >>> mirror_axes_combinations((0, 1))
+        [(2,), (3,), (2, 3)]
+    """
+    if not mirror_axes:
+        return []
+    axes = [a + 2 for a in mirror_axes]
+    return [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+
+def predict_mirrored(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     mirror_axes: Sequence[int] | None) -> torch.Tensor:
+    """Network output averaged over the mirrored copies of a batch of windows.
+
+    Every mirror variant runs on the whole batch at once; the sum is taken in nnU-Net's order
+    (identity first) so that ``batch == 1`` reproduces ``nnUNetPredictor`` exactly.
+
+    Args:
+        network: maps ``(B, C, *window)`` to ``(B, K, *window)`` logits.
+        x: ``(B, C, *window)`` input windows.
+        mirror_axes: spatial axes to mirror over, or None.
+
+    Returns:
+        ``(B, K, *window)`` averaged logits.
+    """
+    combos = mirror_axes_combinations(mirror_axes)
+    if combos and max(combos[-1]) >= x.ndim:
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} do not fit a {x.ndim - 2}D input")
+    prediction = network(x)
+    for axes in combos:
+        prediction += torch.flip(network(torch.flip(x, axes)), axes)
+    if combos:
+        prediction /= len(combos) + 1
+    return prediction
+
+
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.no_grad()
+def sliding_window_logits(network: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor,
+                          slicers: Sequence[Slicer], num_classes: int, importance_map: torch.Tensor | float,
+                          *, batch_size: int = 1, mirror_axes: Sequence[int] | None = None,
+                          device: torch.device | str = "cpu", results_device: torch.device | str = "cpu",
+                          accumulate_dtype: torch.dtype = torch.half,
+                          on_window: Callable[[int], None] | None = None) -> tuple[torch.Tensor, WindowRun]:
+    """Aggregate importance-weighted window predictions into one logit volume.
+
+    Args:
+        network: maps ``(B, C, *window)`` to ``(B, num_classes, *window)`` logits.
+        data: ``(C, *spatial)`` input, already padded to at least one window.
+        slicers: one index tuple per window into ``data`` (``data[s]`` is ``(C, *window)``); the
+            same tuples index the ``(num_classes, *spatial)`` output.
+        num_classes: output channels of the network.
+        importance_map: ``(*window)`` weights (a Gaussian for nnU-Net), or 1 for a plain average.
+        batch_size: windows per network call. Mirrored copies of a batch run as separate calls
+            of the same size, so peak activation memory grows with ``batch_size`` only.
+        mirror_axes: spatial axes for mirroring test-time augmentation, or None.
+        device: where the network runs.
+        results_device: where the aggregation buffers live (``cpu`` when the device is small).
+        accumulate_dtype: dtype of the aggregation buffers. nnU-Net uses float16; keep it for
+            parity, use float32 when the logits may exceed float16's range.
+        on_window: called with the number of windows finished after each batch (progress bars).
+
+    Returns:
+        ``(num_classes, *spatial)`` logits normalised by the summed importance, and the
+        :class:`WindowRun` counts.
+
+    Raises:
+        ValueError: ``batch_size`` < 1 or no slicers.
+        RuntimeError: the aggregated logits overflow ``accumulate_dtype``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not slicers:
+        raise ValueError("no windows to evaluate")
+    run = WindowRun()
+    n_variants = len(mirror_axes_combinations(mirror_axes)) + 1
+    logits = torch.zeros((num_classes, *data.shape[1:]), dtype=accumulate_dtype, device=results_device)
+    weights = torch.zeros(data.shape[1:], dtype=accumulate_dtype, device=results_device)
+    if isinstance(importance_map, torch.Tensor):
+        importance_map = importance_map.to(results_device)
+
+    for batch in _batches(slicers, batch_size):
+        x = torch.stack([data[s] for s in batch]).to(device)
+        prediction = predict_mirrored(network, x, mirror_axes).to(results_device)
+        for window_prediction, s in zip(prediction, batch):
+            logits[s] += window_prediction * importance_map
+            weights[s[1:]] += importance_map
+        run += WindowRun(len(batch), n_variants, n_variants * len(batch))
+        if on_window is not None:
+            on_window(len(batch))
+
+    torch.div(logits, weights, out=logits)
+    if torch.isinf(logits).any():
+        raise RuntimeError(f"aggregated logits overflow {accumulate_dtype}; accumulate in float32 instead")
+    return logits, run

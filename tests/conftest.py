@@ -1,0 +1,132 @@
+"""Shared fixtures: real data locations, tiny plans and untrained-but-valid model folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NNUNET_EFFICIENT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE = REPO / "examples" / "Dataset990_HippocampusSample"
+
+
+def shared_dataset(name: str) -> Path:
+    """A dataset of ../shared/data, or skip: it is absent outside this project's machines and CI."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset {name} not found at {path} (set NNUNET_EFFICIENT_SHARED_DATA)")
+    return path
+
+
+def tiny_plans(patch_size, num_input_channels: int, features=(4, 8, 16), spacing=(1.0, 1.0, 1.0),
+               plans_name: str = "nnUNetPlansTiny") -> dict:
+    """A complete nnU-Net plans dict with a small PlainConvUNet, as a planner would write it."""
+    n_stages = len(features)
+    configuration = {
+        "data_identifier": f"{plans_name}_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": list(patch_size),
+        "median_image_size_in_voxels": list(patch_size),
+        "spacing": list(spacing),
+        "normalization_schemes": ["ZScoreNormalization"] * num_input_channels,
+        "use_mask_for_norm": [False] * num_input_channels,
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                               "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": n_stages,
+                "features_per_stage": list(features),
+                "conv_op": "torch.nn.modules.conv.Conv3d",
+                "kernel_sizes": [[3, 3, 3]] * n_stages,
+                "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
+                "n_conv_per_stage": [2] * n_stages,
+                "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+                "conv_bias": True,
+                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": False,
+    }
+    return {
+        "dataset_name": "Dataset999_Test",
+        "plans_name": plans_name,
+        "original_median_spacing_after_transp": list(spacing),
+        "original_median_shape_after_transp": list(patch_size),
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            str(c): {"max": 5.0, "mean": 0.0, "median": 0.0, "min": -5.0, "percentile_00_5": -3.0,
+                     "percentile_99_5": 3.0, "std": 1.0} for c in range(num_input_channels)},
+    }
+
+
+def dataset_json(num_input_channels: int, labels: dict[str, int]) -> dict:
+    return {"channel_names": {str(c): f"ch{c}" for c in range(num_input_channels)}, "labels": labels,
+            "numTraining": 0, "file_ending": ".nii.gz"}
+
+
+def build_network(plans: dict, dataset: dict, seed: int = 0) -> torch.nn.Module:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans)
+    torch.manual_seed(seed)
+    return nnUNetTrainer.build_network_architecture(
+        manager, manager.get_configuration("3d_fullres"), len(dataset["channel_names"]), len(dataset["labels"]),
+        enable_deep_supervision=False)
+
+
+def write_model_folder(folder: Path, plans: dict, dataset: dict, trainer_name: str = "nnUNetTrainer",
+                       folds=(0,), seed: int = 0) -> Path:
+    """An nnU-Net model folder (plans, dataset.json, checkpoints) holding a seeded, untrained network."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    network = build_network(plans, dataset, seed)
+    for fold in folds:
+        (folder / f"fold_{fold}").mkdir(exist_ok=True)
+        torch.save({"network_weights": network.state_dict(), "trainer_name": trainer_name,
+                    "init_args": {"configuration": "3d_fullres"},
+                    "inference_allowed_mirroring_axes": (0, 1, 2)},
+                   folder / f"fold_{fold}" / "checkpoint_final.pth")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hippocampus_model(tmp_path_factory) -> Path:
+    """Untrained 1-channel, 3-class model with a Hippocampus-sized patch."""
+    plans = tiny_plans((40, 56, 40), 1)
+    return write_model_folder(tmp_path_factory.mktemp("model") / "nnUNetTrainer__nnUNetPlansTiny__3d_fullres",
+                              plans, dataset_json(1, {"background": 0, "Anterior": 1, "Posterior": 2}))
+
+
+@pytest.fixture
+def sample_images(tmp_path) -> Path:
+    """A writable copy of two held-out images of the shipped Hippocampus sample."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in sorted(os.listdir(SAMPLE / "imagesTs"))[:2]:
+        shutil.copy(SAMPLE / "imagesTs" / name, folder / name)
+    return folder
