@@ -98,9 +98,21 @@ def check_case_files(files: Sequence[str], reader_writer_class, num_channels: in
         elif not np.allclose(spacing, reference_spacing, rtol=1e-3, atol=1e-5):
             raise InputFileError(path, f"spacing {tuple(spacing.round(5))} differs from channel 0's "
                                        f"{tuple(reference_spacing.round(5))}")
-        finite = np.isfinite(image)
-        if not finite.all():
-            raise InputFileError(path, f"{int((~finite).sum())} voxel(s) are NaN or infinite")
+        non_finite = _count_non_finite(path, image)
+        if non_finite:
+            raise InputFileError(path, f"{non_finite} voxel(s) are NaN or infinite")
+
+
+def _count_non_finite(path: str, image: np.ndarray) -> int:
+    # SimpleITK's NIfTI reader silently turns NaN and Inf into 0 (its MHA and NRRD readers keep
+    # them), so nnU-Net would segment a corrupted NIfTI without notice: read its raw voxels.
+    if path.endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        image = np.asanyarray(nibabel.load(path).dataobj)
+    if not np.issubdtype(image.dtype, np.floating):
+        return 0
+    return int(image.size - np.count_nonzero(np.isfinite(image)))
 
 
 def check_output_folder(folder: str) -> None:

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     from nnunet_efficient.inference.predictor import EfficientPredictor
 
 
-def run_windows(predictor: EfficientPredictor, data: torch.Tensor, slicers: list) -> tuple[torch.Tensor, WindowRun]:
+def run_windows(predictor: EfficientPredictor, data: torch.Tensor, slicers: list,
+                mirroring: bool = True) -> tuple[torch.Tensor, WindowRun]:
     """Evaluate ``slicers`` of ``data`` the way ``nnUNetPredictor`` does, batched.
+
+    ``mirroring=False`` switches the predictor's mirroring TTA off for this call (cheap passes).
 
     The grid, Gaussian (σ = patch/8, peak 10, float16) and float16 aggregation buffers are
     nnU-Net's, so with the same slicers the logits equal ``nnUNetPredictor``'s. As in nnU-Net,
@@ -33,7 +36,7 @@ def run_windows(predictor: EfficientPredictor, data: torch.Tensor, slicers: list
             return sliding_window_logits(
                 predictor.network, data.to(results_device), slicers,
                 predictor.label_manager.num_segmentation_heads, importance,
-                batch_size=predictor.sw_batch_size, mirror_axes=predictor.mirror_axes,
+                batch_size=predictor.sw_batch_size, mirror_axes=predictor.mirror_axes if mirroring else None,
                 device=predictor.device, results_device=results_device,
                 accumulate_dtype=predictor.accumulate_dtype, on_window=progress.update)
 
