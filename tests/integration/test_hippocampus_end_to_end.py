@@ -1,10 +1,11 @@
 """Plan, train and predict with the real commands as subprocesses, on the shipped Hippocampus sample.
 
-Training budget: 8 epochs × 25 iterations with the CPU plan (about 3 minutes on 2 cores). The
+Training budget: 8 epochs × 40 iterations with the CPU plan (about 4 minutes on 2 cores). The
 sample's 4 held-out cases must then reach a mean foreground Dice of at least 0.5. An all-background
-or random prediction scores below 0.1 on both structures, so a broken pipeline (labels shifted,
-axes transposed, wrong checkpoint, geometry lost) fails, while the floor leaves room for the run
-to run variation of so short a training (measured: see the closing note of issue 2).
+prediction scores 0 and a random one below 0.1, so a broken pipeline (labels shifted, axes
+transposed, wrong checkpoint, geometry lost) fails; a working one measured a validation pseudo
+Dice of 0.80 after 280 iterations of the same plan, so the floor leaves room for run-to-run
+variation of so short a training.
 """
 
 import os
@@ -20,7 +21,7 @@ from conftest import SAMPLE
 from nnunet_efficient.benchmark.measure import dice_per_class
 
 BIN = Path(sys.executable).parent
-TRAINER = "nnUNetTrainer_8epochs_25iters"
+TRAINER = "nnUNetTrainer_8epochs_40iters"
 DICE_FLOOR = 0.5
 
 pytestmark = pytest.mark.integration
