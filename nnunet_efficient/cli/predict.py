@@ -56,6 +56,9 @@ def add_parser(subparsers) -> None:
     add_nnunet_predict_arguments(p)
     p.add_argument("--batch_size", type=int, default=1,
                    help="windows per network call; mirrored copies are batched too. Default: 1")
+    p.add_argument("--cpu_bf16", action="store_true",
+                   help="bfloat16 autocast on the CPU: faster where the CPU has native bfloat16, a few labels "
+                        "change (docs/benchmarks.md)")
     add_strategy_arguments(p)
 
 
@@ -107,7 +110,7 @@ def run(args, extra) -> int:
         tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
         perform_everything_on_device=not args.not_on_device, device=select_device(args.device),
         verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar,
-        strategy=STRATEGIES[args.strategy].from_args(args), sw_batch_size=args.batch_size)
+        strategy=STRATEGIES[args.strategy].from_args(args), sw_batch_size=args.batch_size, cpu_bf16=args.cpu_bf16)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     if args.npp == 0 and args.nps == 0:
         if args.num_parts != 1:

@@ -44,6 +44,9 @@ class EfficientPredictor(nnUNetPredictor):
         accumulate_dtype: dtype of the full-volume aggregation buffers. nnU-Net's float16 halves
             their memory; windows batched differently then round differently in the last float16
             bit (relative 1e-3). float32 removes that and logits overflow.
+        cpu_bf16: run the network under bfloat16 autocast on the CPU. About 3× faster per window
+            where the CPU has native bfloat16 (AVX512-BF16, AMX; docs/benchmarks.md), slower where
+            it has not; labels then differ from nnU-Net's on a few voxels in 10⁵. Off by default.
         **strategy_options: options of a strategy given by name (e.g. ``k=5``).
 
     The other arguments are ``nnUNetPredictor``'s.
@@ -58,7 +61,7 @@ class EfficientPredictor(nnUNetPredictor):
                  perform_everything_on_device: bool = True, device: torch.device = torch.device("cuda"),
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True,
                  strategy: str | InferenceStrategy = "sliding_window", sw_batch_size: int = 1,
-                 accumulate_dtype: torch.dtype = torch.half, **strategy_options):
+                 accumulate_dtype: torch.dtype = torch.half, cpu_bf16: bool = False, **strategy_options):
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device,
                          verbose, verbose_preprocessing, allow_tqdm)
         if sw_batch_size < 1:
@@ -67,6 +70,7 @@ class EfficientPredictor(nnUNetPredictor):
             else get_strategy(strategy, **strategy_options)
         self.sw_batch_size = sw_batch_size
         self.accumulate_dtype = accumulate_dtype
+        self.cpu_bf16 = cpu_bf16
         self.last_run: WindowRun | None = None
         self.last_network_seconds: float | None = None
 
@@ -82,6 +86,14 @@ class EfficientPredictor(nnUNetPredictor):
                   leave=False) as bar:
             yield bar
 
+    def _autocast(self):
+        # nnU-Net enables autocast on CUDA only: on CPU it is slow (unless bfloat16 is native), on MPS unsupported.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", enabled=True)
+        if self.device.type == "cpu" and self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return dummy_context()
+
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
         """Logits of one preprocessed ``(C, *spatial)`` volume, computed by the strategy."""
@@ -91,8 +103,7 @@ class EfficientPredictor(nnUNetPredictor):
         self.network.eval()
         empty_cache(self.device)
         start = time.perf_counter()
-        # nnU-Net enables autocast on CUDA only: on CPU it is slow, on MPS unsupported.
-        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self._autocast():
             data, revert_padding = pad_nd_image(input_image, self.configuration_manager.patch_size,
                                                 "constant", {"value": 0}, True, None)
             logits, run = self.strategy.predict(self, data)
@@ -110,6 +121,11 @@ class EfficientPredictor(nnUNetPredictor):
                                              checkpoint_name: str = "checkpoint_final.pth"):
         check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self.strategy.check_predictor(self)
+
+    def manual_initialization(self, *args, **kwargs):
+        super().manual_initialization(*args, **kwargs)
+        self.strategy.check_predictor(self)
 
     def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                            save_probabilities: bool = False, overwrite: bool = True,

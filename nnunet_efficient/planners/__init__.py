@@ -5,8 +5,9 @@ nnU-Net only looks ``-pl`` names up inside ``nnunetv2``; :func:`resolve_planner`
 """
 
 from nnunet_efficient.planners.cpu_planner import nnUNetPlannerCPU
+from nnunet_efficient.planners.nmsw_planner import nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU
 
-PLANNERS = {cls.__name__: cls for cls in (nnUNetPlannerCPU,)}
+PLANNERS = {cls.__name__: cls for cls in (nnUNetPlannerCPU, nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU)}
 
 
 def resolve_planner(name: str) -> type:
@@ -32,4 +33,4 @@ def resolve_planner(name: str) -> type:
     return found
 
 
-__all__ = ["PLANNERS", "nnUNetPlannerCPU", "resolve_planner"]
+__all__ = ["PLANNERS", "nnUNetPlannerCPU", "nnUNetPlannerNMSW", "nnUNetPlannerNMSWCPU", "resolve_planner"]

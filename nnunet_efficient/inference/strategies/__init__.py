@@ -3,7 +3,11 @@
 Importing this package registers the built-in strategies.
 """
 
-from nnunet_efficient.inference.strategies import sliding_window  # noqa: F401  (registers)
+from nnunet_efficient.inference.strategies import (
+    nmsw,  # noqa: F401  (registers)
+    sliding_window,  # noqa: F401  (registers)
+    sparse,  # noqa: F401  (registers)
+)
 from nnunet_efficient.inference.strategies.base import (
     STRATEGIES,
     InferenceStrategy,

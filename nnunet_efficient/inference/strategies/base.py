@@ -63,6 +63,12 @@ class InferenceStrategy(ABC):
     def validate(self) -> None:  # noqa: B027  (optional hook; most strategies accept any value)
         """Raise :class:`EfficientError` for option values the strategy cannot use."""
 
+    def check_predictor(self, predictor: EfficientPredictor) -> None:  # noqa: B027  (optional hook)
+        """Raise :class:`EfficientError` when the initialised predictor's model cannot run this strategy.
+
+        Called once the model is loaded, so a wrong model fails before any case is read.
+        """
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> InferenceStrategy:
         return cls(**{o.dest: getattr(args, o.dest) for o in cls.options})

@@ -1,0 +1,162 @@
+"""Strategies for NMSW models (``nnUNetTrainerNMSW`` and its baselines, configuration ``3d_nmsw``).
+
+All four run on the same weights, the model's global and local branches, so a comparison
+measures the choice of windows only (SPEC 3.7):
+
+- ``nmsw``: the learned scorer's top-K windows (no noise: deterministic) and the learned merge.
+- ``random_fg``: K windows drawn uniformly among the candidates that the global prediction calls
+  foreground (``--seed`` makes it reproducible), learned merge.
+- ``zoom``: one local pass per foreground class's bounding box, resized to the window (merge
+  documented in :func:`~nnunet_efficient.networks.nmsw_baselines.zoom_infer`).
+- ``global``: the global branch alone, upsampled (no window; the floor of every other strategy).
+
+``sliding_window`` also works on an NMSW model: the model's ``forward`` is its local branch.
+
+Each volume is first zero-padded to the plans' ``nmsw.volume_shape`` (training pads the same
+way, so the global branch sees the training scale) and cropped back afterwards. Mirroring TTA
+flips the whole volume and runs the whole strategy per flip (the global pass included), then
+averages the logits, as nnU-Net averages mirrored windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+from nnunet_efficient.errors import EfficientError
+from nnunet_efficient.inference.strategies.base import InferenceStrategy, StrategyOption, register_strategy
+from nnunet_efficient.networks.nmsw import NMSWNetwork
+from nnunet_efficient.networks.nmsw_baselines import global_only_infer, zoom_infer
+from nnunet_efficient.networks.nmsw_plans import NMSWSettings, nmsw_settings
+from nnunet_efficient.sampling.sliding_window import WindowRun, mirror_axes_combinations
+
+if TYPE_CHECKING:
+    from nnunet_efficient.inference.predictor import EfficientPredictor
+
+
+@dataclass
+class NMSWRun(WindowRun):
+    """:class:`WindowRun` of an NMSW strategy.
+
+    ``windows`` counts the local windows of one (unmirrored) pass, ``network_inputs`` the local
+    windows of all mirrored passes, ``network_passes`` every network call (local windows and
+    global passes); ``global_passes`` the global-branch passes (one per mirrored pass).
+    """
+
+    global_passes: int = 0
+
+
+def nmsw_network(predictor: EfficientPredictor, strategy: str) -> NMSWNetwork:
+    """The predictor's NMSWNetwork (behind any DDP / torch.compile wrapper).
+
+    Raises:
+        EfficientError: the model is not an NMSW model.
+    """
+    network = getattr(predictor.network, "module", predictor.network)
+    network = getattr(network, "_orig_mod", network)
+    if not isinstance(network, NMSWNetwork):
+        raise EfficientError(
+            f"strategy '{strategy}' needs an NMSW model (trainer nnUNetTrainerNMSW, configuration 3d_nmsw); "
+            f"this model (trainer {getattr(predictor, 'trainer_name', '?')}) is a {type(network).__name__}: "
+            f"use --strategy sliding_window.")
+    return network
+
+
+def nmsw_predictor_settings(predictor: EfficientPredictor) -> NMSWSettings:
+    """The ``nmsw`` entry of the predictor's configuration (raises EfficientError without one)."""
+    return nmsw_settings(predictor.configuration_manager.configuration,
+                         f"the model's configuration (plans '{predictor.plans_manager.plans_name}')")
+
+
+class NMSWStrategy(InferenceStrategy):
+    """Shared frame: checks, padding to the canvas, mirroring, counting. Subclasses implement
+    :meth:`infer`."""
+
+    def validate(self) -> None:
+        k = self.settings.get("k")
+        if k is not None and k < 1:
+            raise EfficientError(f"--k must be at least 1 for strategy '{self.name}', got {k}.")
+
+    def check_predictor(self, predictor):
+        nmsw_network(predictor, self.name)
+        nmsw_predictor_settings(predictor)
+
+    def infer(self, net: NMSWNetwork, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(1, C_in, *canvas)`` image → ``((1, classes, *canvas)`` logits, local windows evaluated)."""
+        raise NotImplementedError
+
+    def predict(self, predictor, data):
+        net = nmsw_network(predictor, self.name)
+        settings = nmsw_predictor_settings(predictor)
+        padded, revert = pad_nd_image(data, settings.volume_shape, "constant", {"value": 0}, True, None)
+        image = padded[None].to(predictor.device)
+        variants = [(), *mirror_axes_combinations(predictor.mirror_axes)]
+        run, total = NMSWRun(), None
+        with predictor.window_progress(len(variants)) as progress:
+            for axes in variants:
+                logits, windows = self.infer(net, torch.flip(image, axes) if axes else image)
+                logits = torch.flip(logits, axes) if axes else logits
+                total = logits.float() if total is None else total + logits.float()
+                run.windows = run.windows or windows
+                run.network_inputs += windows
+                run.network_passes += windows + 1
+                run.global_passes += 1
+                progress.update()
+        logits = total[0] / len(variants)
+        return logits[(slice(None), *revert[1:])], run
+
+
+@register_strategy
+class NMSWTopK(NMSWStrategy):
+    """NMSW: the scorer's top-K candidate windows, learned merge (deterministic)."""
+
+    name = "nmsw"
+    options = (StrategyOption("--k", int, None, "windows to evaluate (NMSW: top-K of the learned scores; "
+                                                "None: the plans' k_infer; >= the candidates: all)."),)
+
+    def infer(self, net, image):
+        out = net.forward_infer(image, k=self.settings["k"], strategy="nmsw")
+        return out["logits"], len(out["window_starts"][0])
+
+
+@register_strategy
+class RandomForeground(NMSWStrategy):
+    """K windows drawn uniformly among the global prediction's foreground candidates, learned merge."""
+
+    name = "random_fg"
+    options = (StrategyOption("--k", int, None, "windows to evaluate (NMSW: top-K of the learned scores; "
+                                                "None: the plans' k_infer; >= the candidates: all)."),
+               StrategyOption("--seed", int, 0, "seed of the random window draw."))
+
+    def predict(self, predictor, data):
+        # one generator per volume: a case's windows do not depend on the cases before it
+        self._generator = torch.Generator().manual_seed(self.settings["seed"])
+        return super().predict(predictor, data)
+
+    def infer(self, net, image):
+        out = net.forward_infer(image, k=self.settings["k"], strategy="random_fg", generator=self._generator)
+        return out["logits"], len(out["window_starts"][0])
+
+
+@register_strategy
+class Zoom(NMSWStrategy):
+    """One window-sized local pass per foreground class's bounding box of the global prediction."""
+
+    name = "zoom"
+
+    def infer(self, net, image):
+        out = zoom_infer(net, image)
+        return out["logits"], len(out["boxes"][0])
+
+
+@register_strategy
+class GlobalOnly(NMSWStrategy):
+    """The global branch alone, resized to full resolution (no local window)."""
+
+    name = "global"
+
+    def infer(self, net, image):
+        return global_only_infer(net, image)["logits"], 0

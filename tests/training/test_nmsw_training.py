@@ -1,0 +1,116 @@
+"""NMSW end to end with nnU-Net's own commands on the shipped Hippocampus sample.
+
+plan_and_preprocess with nnUNetPlannerNMSWCPU -> stock ``nnUNetv2_train DATASET 3d_nmsw 0 -tr
+nnUNetTrainerNMSW_1epochs_2iters`` (nnUNet_extTrainer set as ``nnunet-efficient env`` does) ->
+``nnunet-efficient predict --strategy nmsw`` on a held-out case. Two iterations of a 4-feature
+network learn nothing measurable, so the prediction is checked for being a valid segmentation
+with the input's geometry, not for its Dice (the Dice evidence is scripts/nmsw_evidence.sh).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import SAMPLE
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_efficient.networks.nmsw_plans import nmsw_settings
+from nnunet_efficient.trainers import ext_trainer_folder
+
+TRAINER = "nnUNetTrainerNMSW_1epochs_2iters"
+PLANS = "nnUNetPlansNMSWCPU"
+DATASET = "Dataset990_HippocampusSample"
+CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_007", "hippocampus_008",
+         "hippocampus_011"]
+
+
+def run(command, env, timeout=600):
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nmsw_e2e")
+    raw = root / "raw" / DATASET
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    for case in CASES:
+        shutil.copy(SAMPLE / "imagesTr" / f"{case}_0000.nii.gz", raw / "imagesTr")
+        shutil.copy(SAMPLE / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr")
+    dataset = json.loads((SAMPLE / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**dataset, "numTraining": len(CASES)}))
+    # one fold: 5 training cases, 1 validation case (copied to nnUNet_preprocessed by the planner)
+    (raw / "splits_final.json").write_text(json.dumps([{"train": CASES[:5], "val": CASES[5:]}]))
+    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
+           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": ext_trainer_folder(),
+           "nnUNet_compile": "0", "nnUNet_def_n_proc": "1"}
+    cli = [sys.executable, "-m", "nnunet_efficient.cli.main"]
+    run([*cli, "plan_and_preprocess", "-d", "990", "-pl", "nnUNetPlannerNMSWCPU", "-c", "3d_fullres",
+         "-np", "1", "-npfp", "1", "--no_pbar"], env)
+    plans_file = root / "pre" / DATASET / f"{PLANS}.json"
+    planned = json.loads(plans_file.read_text())
+    # a tiny plan for a CPU test: 4 base features for both branches, everything else as planned
+    tiny = json.loads(plans_file.read_text())
+    for arch in (tiny["configurations"]["3d_fullres"]["architecture"],
+                 tiny["configurations"]["3d_nmsw"]["nmsw"]["global_architecture"]):
+        arch["arch_kwargs"]["features_per_stage"] = [4 * 2 ** i for i in range(arch["arch_kwargs"]["n_stages"])]
+    plans_file.write_text(json.dumps(tiny))
+    run(["nnUNetv2_train", "990", "3d_nmsw", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"],
+        {**env, "nnUNet_n_proc_DA": "0"})
+    return root, env, planned
+
+
+def test_planner_writes_a_3d_nmsw_configuration(trained):
+    _, _, plans = trained
+    configuration = plans["configurations"]["3d_nmsw"]
+    assert configuration["inherits_from"] == "3d_fullres" and plans["experiment_planner_used"] == "nnUNetPlannerNMSWCPU"
+    manager = PlansManager(plans).get_configuration("3d_nmsw")
+    settings = nmsw_settings(manager.configuration)
+    assert manager.patch_size == plans["configurations"]["3d_fullres"]["patch_size"]
+    assert all(v >= p for v, p in zip(settings.volume_shape, manager.patch_size))
+    assert all(g <= v for g, v in zip(settings.global_shape, settings.volume_shape))
+
+
+def test_stock_nnunet_train_writes_a_standard_checkpoint_and_validation(trained):
+    root, _, _ = trained
+    fold = root / "results" / DATASET / f"{TRAINER}__{PLANS}__3d_nmsw" / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    assert checkpoint["init_args"]["configuration"] == "3d_nmsw"
+    assert any(k.startswith("global_branch.") for k in checkpoint["network_weights"])
+    assert any(k.startswith("local_net.") for k in checkpoint["network_weights"])
+    assert (fold / "validation" / f"{CASES[5]}.nii.gz").is_file()
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert "foreground_mean" in summary
+
+
+def test_predict_nmsw_on_a_held_out_case(trained, tmp_path):
+    root, env, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    case = sorted(os.listdir(SAMPLE / "imagesTs"))[0]
+    shutil.copy(SAMPLE / "imagesTs" / case, images / case)
+    run([sys.executable, "-m", "nnunet_efficient.cli.main", "predict", "-i", str(images), "-o", str(tmp_path / "out"),
+         "-d", "990", "-p", PLANS, "-c", "3d_nmsw", "-tr", TRAINER, "-f", "0", "--strategy", "nmsw", "--k", "2",
+         "-device", "cpu", "--disable_tta", "-npp", "0", "-nps", "0", "--disable_progress_bar"], env)
+    image = sitk.ReadImage(str(images / case))
+    seg = sitk.ReadImage(str(tmp_path / "out" / case.replace("_0000", "")))
+    assert seg.GetSize() == image.GetSize()
+    assert np.allclose(seg.GetSpacing(), image.GetSpacing()) and np.allclose(seg.GetOrigin(), image.GetOrigin())
+    assert set(np.unique(sitk.GetArrayFromImage(seg)).tolist()) <= {0, 1, 2}
+
+
+def test_nmsw_trainer_on_a_configuration_without_nmsw_fails_clearly(trained):
+    root, env, _ = trained
+    result = subprocess.run(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", TRAINER, "-p", PLANS,
+                             "-device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "has no 'nmsw' entry" in result.stderr and "3d_nmsw" in result.stderr
