@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/batching_speed.py -m MODEL_FOLDER -i CASE_0000.nii.gz [CASE_0001.nii.gz ...]
-        [-f 0] [--batch_sizes 1 2 4] [--repeats 2] [--tta] [-device cpu]
+        [-f 0] [-chk checkpoint_final.pth] [--batch_sizes 1 2 4] [--repeats 2] [--tta] [-device cpu]
 
 Prints, per batch size, the median network seconds over the repeats (the runs are interleaved so
 that load from other processes hits every setting alike), the ratio to batch size 1, and the
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("-m", required=True, help="trained nnU-Net model folder")
     parser.add_argument("-i", nargs="+", required=True, help="the channel files of one case")
     parser.add_argument("-f", default="0", help="fold. Default: 0")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint. Default: checkpoint_final.pth")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation on")
@@ -38,10 +39,10 @@ def main() -> None:
     for batch_size in args.batch_sizes:
         predictor = EfficientPredictor(use_mirroring=args.tta, device=device, allow_tqdm=False,
                                        sw_batch_size=batch_size)
-        predictor.initialize_from_trained_model_folder(args.m, (fold,))
+        predictor.initialize_from_trained_model_folder(args.m, (fold,), args.chk)
         predictors[batch_size] = predictor
     reference = nnUNetPredictor(use_mirroring=args.tta, device=device, allow_tqdm=False)
-    reference.initialize_from_trained_model_folder(args.m, (fold,))
+    reference.initialize_from_trained_model_folder(args.m, (fold,), args.chk)
 
     first = predictors[args.batch_sizes[0]]
     preprocessor = first.configuration_manager.preprocessor_class(verbose=False)

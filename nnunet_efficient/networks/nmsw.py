@@ -211,6 +211,17 @@ class Scorer(nn.Module):
         return s.clamp(max=MAX_SCORE).flatten(1)
 
 
+def _freeze_deep_supervision_heads(unet: nn.Module) -> None:
+    # NMSW uses full-resolution logits only, so the lower-resolution segmentation heads of a
+    # dynamic_network_architectures decoder never get a gradient. Frozen, they keep their
+    # state_dict keys (stock checkpoints still load) and DistributedDataParallel does not wait
+    # for their gradients.
+    seg_layers = getattr(getattr(unet, "decoder", None), "seg_layers", None)
+    if seg_layers is not None:
+        for head in list(seg_layers)[:-1]:
+            head.requires_grad_(False)
+
+
 class NMSWNetwork(nn.Module):
     """Global branch + scorer + differentiable top-k + local branch + learned merge.
 
@@ -261,6 +272,8 @@ class NMSWNetwork(nn.Module):
                 f"stride {divisor} on every axis."
             )
         self.local_net = local_net
+        for unet in (global_net, local_net):
+            _freeze_deep_supervision_heads(unet)
         self.scorer = Scorer(self.global_branch.feature_channels, conv_op)
         self.aggregator = AggregationNet(num_classes, conv_op)
         self.num_classes = int(num_classes)
@@ -271,8 +284,15 @@ class NMSWNetwork(nn.Module):
         self.k_infer = int(k_infer)
         self.tau = float(tau)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The local network on a window batch ``(W, C_in, *window)`` (see the class docstring)."""
+    def forward(self, x: torch.Tensor, train: dict | None = None) -> torch.Tensor | dict:
+        """The local network on a window batch ``(W, C_in, *window)`` (see the class docstring).
+
+        With ``train`` (the keyword arguments of :meth:`forward_train`) it runs the joint training
+        pass on whole volumes instead: training must go through ``forward`` so that a
+        ``DistributedDataParallel`` wrapper synchronises its gradients.
+        """
+        if train is not None:
+            return self.forward_train(x, **train)
         return self.local_net(x)
 
     # ------------------------------------------------------------------ geometry helpers

@@ -115,8 +115,8 @@ class nnUNetTrainerNMSW(nnUNetTrainer):
     ``k_infer``, no noise); the final one mirrors like nnU-Net's.
 
     Use with configuration ``3d_nmsw`` of plans made by ``nnUNetPlannerNMSW`` /
-    ``nnUNetPlannerNMSWCPU``. Single process (or one GPU): under DDP training raises, because
-    ``forward_train`` is not ``forward`` and would bypass DDP's gradient synchronisation.
+    ``nnUNetPlannerNMSWCPU``. The training pass goes through the (possibly DDP-wrapped)
+    network's ``forward``, so ``-num_gpus`` > 1 synchronises gradients like any nnU-Net model.
     """
 
     #: strategy of the end-of-training validation (an ``EfficientPredictor`` strategy name).
@@ -161,11 +161,6 @@ class nnUNetTrainerNMSW(nnUNetTrainer):
         if decoder is not None:
             decoder.deep_supervision = False
 
-    def on_train_start(self):
-        if self.is_ddp:
-            raise EfficientError(f"{type(self).__name__} trains on one device only (no DDP).")
-        super().on_train_start()
-
     # ------------------------------------------------------------------ data
     def get_dataloaders(self):
         if self.dataset_class is None:
@@ -202,7 +197,8 @@ class nnUNetTrainerNMSW(nnUNetTrainer):
     def compute_loss(self, data: torch.Tensor, target: torch.Tensor, noise: torch.Tensor,
                      random_starts: list) -> tuple[torch.Tensor, dict]:
         """Training loss of one batch (NMSW's; the baselines override this)."""
-        out = self.nmsw_network.forward_train(data, noise=noise, random_window_start=random_starts)
+        # through self.network (not nmsw_network) so that DDP sees the training pass
+        out = self.network(data, train={"noise": noise, "random_window_start": random_starts})
         return nmsw_loss(out, target, self.loss)
 
     def infer_logits(self, data: torch.Tensor) -> torch.Tensor:
@@ -267,6 +263,13 @@ class nnUNetTrainerNMSWGlobalOnly(nnUNetTrainerNMSW):
     """
 
     inference_strategy: ClassVar[str] = "global"
+
+    def on_train_start(self):
+        # the global branch is trained outside the network's forward and the other branches get
+        # no gradient, which DistributedDataParallel (without find_unused_parameters) rejects
+        if self.is_ddp:
+            raise EfficientError(f"{type(self).__name__} trains on one device only (no -num_gpus > 1).")
+        super().on_train_start()
 
     def configure_optimizers(self):
         # nnU-Net's optimiser and schedule, over the global branch only
