@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from networks.test_nmsw import NUM_CLASSES, image, make_nmsw
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_efficient.networks.nmsw_training import draw_training_randomness, nmsw_loss
-
-from networks.test_nmsw import NUM_CLASSES, image, make_nmsw
 
 
 def cross_entropy(logits, target):
