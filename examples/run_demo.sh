@@ -9,7 +9,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 source "$repo/scripts/setup_venv.sh"
 work="$(mkdir -p "${1:-$repo/work_dirs/demo}" && cd "${1:-$repo/work_dirs/demo}" && pwd)"
-trainer="${DEMO_TRAINER:-nnUNetTrainer_12epochs_40iters}"
+trainer="${DEMO_TRAINER:-nnUNetTrainer_15epochs_40iters}"
 dataset=Dataset990_HippocampusSample
 
 export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preprocessed" nnUNet_results="$work/nnUNet_results"

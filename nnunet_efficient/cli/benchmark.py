@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 
@@ -53,13 +52,10 @@ def add_parser(subparsers) -> None:
 
 def run(args, extra) -> int:
     from nnunet_efficient.benchmark.runner import Variant, run_benchmark
-    from nnunet_efficient.cli.env import ext_trainer_value
     from nnunet_efficient.cli.predict import select_device
     from nnunet_efficient.inference.strategies import STRATEGIES
 
     variants = [Variant.parse(spec) for spec in args.strategies]
-    # checkpoints name their trainer class, which may be one of the plugin's
-    os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     defaults = {o.dest: getattr(args, o.dest) for s in STRATEGIES.values() for o in s.options}
     paths = run_benchmark(
         args.i, args.ref, args.m, args.o, variants, folds=[f if f == "all" else int(f) for f in args.f],

@@ -5,16 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 
-from nnunet_efficient.trainers import ext_trainer_folder
+from nnunet_efficient.trainers import ext_trainer_value
 
 NAME = "env"
-
-
-def ext_trainer_value(current: str | None = None) -> str:
-    """``nnUNet_extTrainer`` with the plugin's folder first and any existing entries kept."""
-    folder = ext_trainer_folder()
-    entries = [e for e in (current or "").split(os.pathsep) if e and os.path.abspath(e) != folder]
-    return os.pathsep.join([folder, *entries])
 
 
 def add_parser(subparsers) -> None:

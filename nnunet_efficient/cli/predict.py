@@ -6,8 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from nnunet_efficient.cli.env import ext_trainer_value
-
 NAME = "predict"
 
 
@@ -102,8 +100,6 @@ def run(args, extra) -> int:
         raise EfficientError(f"-step_size must be in (0, 1], got {args.step_size}")
     if args.batch_size < 1:
         raise EfficientError(f"--batch_size must be >= 1, got {args.batch_size}")
-    # checkpoints name their trainer class, which may be one of the plugin's
-    os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     model_folder = resolve_model_folder(args)
     folds = [f if f == "all" else int(f) for f in args.f]
     predictor = EfficientPredictor(

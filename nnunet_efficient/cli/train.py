@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 
-from nnunet_efficient.cli.env import ext_trainer_value
 from nnunet_efficient.errors import EfficientError
+from nnunet_efficient.trainers import register_plugin_trainers
 
 NAME = "train"
 
@@ -32,7 +32,7 @@ def check_trainer(name: str) -> None:
 
 
 def run(args, extra: list[str]) -> int:
-    os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
+    register_plugin_trainers()
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("-tr", default="nnUNetTrainer")
     known, _ = probe.parse_known_args(extra)

@@ -30,6 +30,7 @@ from nnunet_efficient.inference.input_checks import (
 )
 from nnunet_efficient.inference.strategies import InferenceStrategy, get_strategy
 from nnunet_efficient.sampling.sliding_window import WindowRun
+from nnunet_efficient.trainers import register_plugin_trainers
 
 STAGING_PREFIX = ".nnunet_efficient_partial_"
 
@@ -120,6 +121,7 @@ class EfficientPredictor(nnUNetPredictor):
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
         check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        register_plugin_trainers()  # the checkpoint may name one of the plugin's trainers
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self.strategy.check_predictor(self)
 

@@ -88,3 +88,14 @@ def test_unknown_strategy_is_a_user_error():
 def test_unknown_strategy_option_is_a_user_error():
     with pytest.raises(EfficientError, match="no option"):
         EfficientPredictor(device=torch.device("cpu"), strategy="sliding_window", k=3)
+
+
+def test_plugin_trainer_models_load_without_setting_nnunet_exttrainer(tmp_path, monkeypatch):
+    from conftest import write_model_folder
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    plans, dataset = tiny_plans((16, 16, 16), 1, features=(2, 4)), dataset_json(1, {"background": 0, "a": 1})
+    model = write_model_folder(tmp_path / "model", plans, dataset, trainer_name="nnUNetTrainer_2epochs_3iters")
+    predictor = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), (0,))
+    assert predictor.trainer_name == "nnUNetTrainer_2epochs_3iters"

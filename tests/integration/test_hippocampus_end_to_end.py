@@ -1,11 +1,12 @@
 """Plan, train and predict with the real commands as subprocesses, on the shipped Hippocampus sample.
 
-Training budget: 8 epochs × 40 iterations with the CPU plan (about 4 minutes on 2 cores). The
+Training budget: 15 epochs × 40 iterations with the CPU plan (about 7 minutes on 2 cores). The
 sample's 4 held-out cases must then reach a mean foreground Dice of at least 0.5. An all-background
 prediction scores 0 and a random one below 0.1, so a broken pipeline (labels shifted, axes
-transposed, wrong checkpoint, geometry lost) fails; a working one measured a validation pseudo
-Dice of 0.80 after 280 iterations of the same plan, so the floor leaves room for run-to-run
-variation of so short a training.
+transposed, wrong checkpoint, geometry lost) fails. How soon a training leaves the
+all-background start varies from run to run: measured, one run reached a pseudo Dice of 0.80
+after 280 iterations, another was still at 0.08 (and 0.25 held-out after 320); 600 iterations
+leave room for that.
 """
 
 import os
@@ -21,7 +22,7 @@ from conftest import SAMPLE
 from nnunet_efficient.benchmark.measure import dice_per_class
 
 BIN = Path(sys.executable).parent
-TRAINER = "nnUNetTrainer_8epochs_40iters"
+TRAINER = "nnUNetTrainer_15epochs_40iters"
 DICE_FLOOR = 0.5
 
 pytestmark = pytest.mark.integration
