@@ -46,7 +46,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 
 from nnunet_efficient.errors import EfficientError
-from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, downsample_label
+from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, downsample_label, unwrap_network
 from nnunet_efficient.networks.nmsw_baselines import global_only_infer
 from nnunet_efficient.networks.nmsw_plans import nmsw_settings
 from nnunet_efficient.networks.nmsw_training import draw_training_randomness, nmsw_loss
@@ -98,11 +98,6 @@ def whole_volume_training_transforms(mirror_axes, use_mask_for_norm=None) -> Com
     return ComposeTransforms(transforms)
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    network = getattr(network, "module", network)  # DDP
-    return getattr(network, "_orig_mod", network)  # torch.compile
-
-
 class nnUNetTrainerNMSW(nnUNetTrainer):
     """Joint NMSW training on whole volumes (global + scorer + local + merge, SPEC 3.6).
 
@@ -144,7 +139,7 @@ class nnUNetTrainerNMSW(nnUNetTrainer):
     @property
     def nmsw_network(self) -> NMSWNetwork:
         """The NMSWNetwork behind any DDP / torch.compile wrapper."""
-        return _unwrap(self.network)
+        return unwrap_network(self.network)
 
     def _do_i_compile(self) -> bool:
         # data-dependent window choice and Python loops: torch.compile would only break graphs

@@ -28,7 +28,7 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.inference.strategies.base import InferenceStrategy, StrategyOption, register_strategy
-from nnunet_efficient.networks.nmsw import NMSWNetwork
+from nnunet_efficient.networks.nmsw import NMSWNetwork, unwrap_network
 from nnunet_efficient.networks.nmsw_baselines import global_only_infer, zoom_infer
 from nnunet_efficient.networks.nmsw_plans import NMSWSettings, nmsw_settings
 from nnunet_efficient.sampling.sliding_window import WindowRun, mirror_axes_combinations
@@ -55,8 +55,7 @@ def nmsw_network(predictor: EfficientPredictor, strategy: str) -> NMSWNetwork:
     Raises:
         EfficientError: the model is not an NMSW model.
     """
-    network = getattr(predictor.network, "module", predictor.network)
-    network = getattr(network, "_orig_mod", network)
+    network = unwrap_network(predictor.network)
     if not isinstance(network, NMSWNetwork):
         raise EfficientError(
             f"strategy '{strategy}' needs an NMSW model (trainer nnUNetTrainerNMSW, configuration 3d_nmsw); "
@@ -109,13 +108,16 @@ class NMSWStrategy(InferenceStrategy):
         return logits[(slice(None), *revert[1:])], run
 
 
+K_OPTION = StrategyOption("--k", int, None, "windows to evaluate (None: the plans' k_infer; at least the "
+                                            "number of candidates: all of them).")
+
+
 @register_strategy
 class NMSWTopK(NMSWStrategy):
     """NMSW: the scorer's top-K candidate windows, learned merge (deterministic)."""
 
     name = "nmsw"
-    options = (StrategyOption("--k", int, None, "windows to evaluate (NMSW: top-K of the learned scores; "
-                                                "None: the plans' k_infer; >= the candidates: all)."),)
+    options = (K_OPTION,)
 
     def infer(self, net, image):
         out = net.forward_infer(image, k=self.settings["k"], strategy="nmsw")
@@ -127,9 +129,7 @@ class RandomForeground(NMSWStrategy):
     """K windows drawn uniformly among the global prediction's foreground candidates, learned merge."""
 
     name = "random_fg"
-    options = (StrategyOption("--k", int, None, "windows to evaluate (NMSW: top-K of the learned scores; "
-                                                "None: the plans' k_infer; >= the candidates: all)."),
-               StrategyOption("--seed", int, 0, "seed of the random window draw."))
+    options = (K_OPTION, StrategyOption("--seed", int, 0, "seed of the random window draw."))
 
     def predict(self, predictor, data):
         # one generator per volume: a case's windows do not depend on the cases before it
