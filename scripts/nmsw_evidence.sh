@@ -13,6 +13,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$REPO/scripts/setup_venv.sh"
 DATA="${NNUNET_EFFICIENT_SHARED_DATA:-$REPO/../shared/data}/Dataset005_BraTSmini"
 WORK="${1:-/tmp/nmsw_evidence}"
 EPOCHS="${EPOCHS:-10}"
@@ -51,9 +53,9 @@ MODEL="$nnUNet_results/Dataset005_BraTSmini/${TRAINER}__${PLANS}__3d_nmsw"
 nnunet-efficient predict -i "$WORK/test/images" -o "$WORK/test/pred_nmsw" -m "$MODEL" -f 0 \
     --strategy nmsw --disable_tta -device cpu -npp 0 -nps 0
 
-# Same weights, every strategy (sliding_window = the local branch as a stock nnU-Net model).
-# The benchmark command and its flags belong to another part of the plugin: check
-# `nnunet-efficient benchmark -h` if this call has drifted.
+# Same weights, every strategy, in one process: sliding_window = the local branch as a stock
+# nnU-Net model over all windows (the baseline of every ratio: TTA off), then with TTA.
 nnunet-efficient benchmark -i "$WORK/test/images" -ref "$WORK/test/labels" -m "$MODEL" -f 0 -device cpu \
     --disable_tta -o "$WORK/benchmark" \
-    --strategies sliding_window nmsw:k=1 nmsw:k=3 nmsw:k=5 random_fg:k=5 zoom global
+    --strategies sliding_window:tta=0 sliding_window:tta=1 nmsw:k=1 nmsw:k=3 nmsw:k=5 nmsw:k=10 \
+    random_fg:k=5 zoom global

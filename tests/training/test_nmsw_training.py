@@ -114,3 +114,28 @@ def test_nmsw_trainer_on_a_configuration_without_nmsw_fails_clearly(trained):
                              "-device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "has no 'nmsw' entry" in result.stderr and "3d_nmsw" in result.stderr
+
+
+def test_continue_training_with_c_resumes_from_the_checkpoint(trained):
+    """``--c`` goes through nnU-Net's own checkpoint loading: a 2-epoch run handed the 1-epoch
+    run's checkpoint as ``checkpoint_latest.pth`` trains only epoch 1, from those weights."""
+    root, env, _ = trained
+    resumed_trainer = "nnUNetTrainerNMSW_2epochs_2iters"
+    results = root / "results" / DATASET
+    started = torch.load(results / f"{TRAINER}__{PLANS}__3d_nmsw" / "fold_0" / "checkpoint_final.pth",
+                         map_location="cpu", weights_only=False)
+    fold = results / f"{resumed_trainer}__{PLANS}__3d_nmsw" / "fold_0"
+    fold.mkdir(parents=True)
+    torch.save(started, fold / "checkpoint_latest.pth")
+    run(["nnUNetv2_train", "990", "3d_nmsw", "0", "-tr", resumed_trainer, "-p", PLANS, "-device", "cpu", "--c"],
+        {**env, "nnUNet_n_proc_DA": "0"})
+
+    log = "".join(path.read_text() for path in fold.glob("training_log_*.txt"))
+    assert "Epoch 1" in log and "Epoch 0" not in log
+    finished = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert finished["current_epoch"] == 2
+    assert len(finished["logging"]["train_losses"]) == 2  # epoch 0's history came with the checkpoint
+    scorer = [k for k in started["network_weights"] if k.startswith("scorer.")]
+    assert scorer and any(not torch.equal(started["network_weights"][k], finished["network_weights"][k])
+                          for k in scorer)
+    assert (fold / "validation" / "summary.json").is_file()
