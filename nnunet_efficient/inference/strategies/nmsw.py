@@ -98,13 +98,13 @@ class NMSWStrategy(InferenceStrategy):
             for axes in variants:
                 logits, windows = self.infer(net, torch.flip(image, axes) if axes else image)
                 logits = torch.flip(logits, axes) if axes else logits
-                total = logits.float() if total is None else total + logits.float()
+                total = logits.float() if total is None else total.add_(logits)
                 run.windows = run.windows or windows
                 run.network_inputs += windows
                 run.network_passes += windows + 1
                 run.global_passes += 1
                 progress.update()
-        logits = total[0] / len(variants)
+        logits = total[0].div_(len(variants)) if len(variants) > 1 else total[0]
         return logits[(slice(None), *revert[1:])], run
 
 
