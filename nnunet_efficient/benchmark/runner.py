@@ -249,11 +249,14 @@ class Benchmark:
         through slow decompositions (measured 12× slower for NMSW's global pass with its
         trilinear upsampling, a few percent for a convolution-bound sliding window).
         """
-        p = self.predictor
-        data, _, _ = self.preprocessor.run_case(list(files), None, p.plans_manager, p.configuration_manager,
-                                                p.dataset_json)
-        _, macs = count_macs(p.predict_logits_from_preprocessed_data, torch.from_numpy(data))
+        _, macs = count_macs(self.predictor.predict_logits_from_preprocessed_data, self._preprocess(files)[0])
         return macs
+
+    def _preprocess(self, files: Sequence[str]) -> tuple[torch.Tensor, dict]:
+        p = self.predictor
+        data, _, properties = self.preprocessor.run_case(list(files), None, p.plans_manager,
+                                                         p.configuration_manager, p.dataset_json)
+        return torch.from_numpy(data), properties
 
     def measure(self, files: Sequence[str], output_file: str | None) -> tuple[dict[str, Any], np.ndarray]:
         """One timed pass of the configured variant over one case (MACs: :meth:`count_macs`).
@@ -266,9 +269,7 @@ class Benchmark:
         p = self.predictor
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
-            data, _, properties = self.preprocessor.run_case(list(files), None, p.plans_manager,
-                                                             p.configuration_manager, p.dataset_json)
-            data = torch.from_numpy(data)
+            data, properties = self._preprocess(files)
         p.runs = []
         with PeakMemory(self.device) as memory, timer.stage("network"):
             logits = p.predict_logits_from_preprocessed_data(data)

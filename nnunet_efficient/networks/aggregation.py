@@ -5,7 +5,7 @@ Pure PyTorch (never imports nnunetv2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -81,6 +81,16 @@ class AggregationNet(nn.Module):
         return self.layers(torch.cat([local_logits, global_logits.to(local_logits.dtype)], dim=1))
 
 
+def _window_regions(
+    windows: Iterable[tuple[Sequence[int], torch.Tensor]], window: torch.Size
+) -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
+    """``(start, logits)`` pairs → ``(spatial slices, logits)``, checking each window's shape."""
+    for start, logits in windows:
+        if logits.shape[1:] != window:
+            raise ValueError(f"window logits {tuple(logits.shape)} do not match the importance map {tuple(window)}.")
+        yield window_slices(start, window), logits
+
+
 def blend_windows(
     fallback: torch.Tensor,
     windows: Iterable[tuple[Sequence[int], torch.Tensor]],
@@ -106,12 +116,7 @@ def blend_windows(
     acc = torch.zeros(fallback.shape, device=fallback.device, dtype=torch.float32)
     weight = torch.zeros(spatial, device=fallback.device, dtype=torch.float32)
     importance = importance.to(device=fallback.device, dtype=torch.float32)
-    for start, logits in windows:
-        sl = window_slices(start, importance.shape)
-        if logits.shape[1:] != importance.shape:
-            raise ValueError(
-                f"window logits {tuple(logits.shape)} do not match the importance map {tuple(importance.shape)}."
-            )
+    for sl, logits in _window_regions(windows, importance.shape):
         acc[(slice(None), *sl)] += logits.float() * importance
         weight[sl] += importance
     covered = weight > 0
@@ -145,12 +150,7 @@ def blend_windows_into(
         raise ValueError(f"out must be float32 (the accumulator), got {out.dtype}.")
     weight = torch.zeros(out.shape[1:], device=out.device, dtype=torch.float32)
     importance = importance.to(device=out.device, dtype=torch.float32)
-    for start, logits in windows:
-        sl = window_slices(start, importance.shape)
-        if logits.shape[1:] != importance.shape:
-            raise ValueError(
-                f"window logits {tuple(logits.shape)} do not match the importance map {tuple(importance.shape)}."
-            )
+    for sl, logits in _window_regions(windows, importance.shape):
         region = out[(slice(None), *sl)]
         # A voxel's first window replaces its fallback; later ones add to the running sum.
         region.mul_(weight[sl] > 0)
