@@ -35,6 +35,19 @@ from nnunet_efficient.trainers import register_plugin_trainers
 STAGING_PREFIX = ".nnunet_efficient_partial_"
 
 
+def fold_reparameterisations(network: torch.nn.Module) -> None:
+    """Bake training-time re-parameterisations (RepUX-Net's ``w * BFM``) into plain kernels.
+
+    Only for a network this predictor built: nnU-Net loads each fold's (unfolded) weights into it
+    again before predicting, and the folded modules convert them on loading. Folding is idempotent,
+    so nested networks (an NMSW branch) may be reached twice.
+    """
+    for module in network.modules():
+        fold = getattr(module, "fold_reparameterisation", None)
+        if callable(fold):
+            fold()
+
+
 class EfficientPredictor(nnUNetPredictor):
     """An ``nnUNetPredictor`` whose sliding window is replaced by an inference strategy.
 
@@ -123,6 +136,7 @@ class EfficientPredictor(nnUNetPredictor):
         check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         register_plugin_trainers()  # the checkpoint may name one of the plugin's trainers
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        fold_reparameterisations(self.network)
         self.strategy.check_predictor(self)
 
     def manual_initialization(self, *args, **kwargs):

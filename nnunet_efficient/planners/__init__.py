@@ -6,8 +6,16 @@ nnU-Net only looks ``-pl`` names up inside ``nnunetv2``; :func:`resolve_planner`
 
 from nnunet_efficient.planners.cpu_planner import nnUNetPlannerCPU
 from nnunet_efficient.planners.nmsw_planner import nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU
+from nnunet_efficient.planners.uxnet_planner import (
+    nnUNetPlannerRepUXNet,
+    nnUNetPlannerRepUXNetCPU,
+    nnUNetPlannerUXNet,
+    nnUNetPlannerUXNetCPU,
+)
 
-PLANNERS = {cls.__name__: cls for cls in (nnUNetPlannerCPU, nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU)}
+PLANNERS = {cls.__name__: cls for cls in (nnUNetPlannerCPU, nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU,
+                                          nnUNetPlannerUXNet, nnUNetPlannerUXNetCPU,
+                                          nnUNetPlannerRepUXNet, nnUNetPlannerRepUXNetCPU)}
 
 
 def resolve_planner(name: str) -> type:
@@ -33,4 +41,25 @@ def resolve_planner(name: str) -> type:
     return found
 
 
-__all__ = ["PLANNERS", "nnUNetPlannerCPU", "nnUNetPlannerNMSW", "nnUNetPlannerNMSWCPU", "resolve_planner"]
+def default_plans_name(planner: type) -> str:
+    """The plans identifier a planner class writes by default (its ``plans_name`` argument)."""
+    import inspect
+
+    return inspect.signature(planner.__init__).parameters["plans_name"].default
+
+
+def planner_for_plans(plans_name: str) -> type | None:
+    """The plugin planner (or nnU-Net's ``ExperimentPlanner`` for ``nnUNetPlans``) that writes ``plans_name``."""
+    for planner in PLANNERS.values():
+        if default_plans_name(planner) == plans_name:
+            return planner
+    if plans_name == "nnUNetPlans":
+        from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+        return ExperimentPlanner
+    return None
+
+
+__all__ = ["PLANNERS", "default_plans_name", "nnUNetPlannerCPU", "nnUNetPlannerNMSW", "nnUNetPlannerNMSWCPU",
+           "nnUNetPlannerRepUXNet", "nnUNetPlannerRepUXNetCPU", "nnUNetPlannerUXNet", "nnUNetPlannerUXNetCPU",
+           "planner_for_plans", "resolve_planner"]

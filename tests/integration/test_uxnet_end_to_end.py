@@ -1,0 +1,149 @@
+"""RepUX-Net and UX-Net through the real commands on real Hippocampus cases (../shared/data).
+
+Eight training cases and two held-out ones are linked into a temporary dataset: plugin planner,
+stock ``nnUNetv2_train`` for a few iterations, stock ``nnUNetv2_predict`` and the plugin's
+``predict``; then ``compare`` on a tiny budget, twice, to see it resume without retraining. The
+networks are barely trained: these tests check wiring (plans, checkpoints, geometry, resumption),
+not quality; ``scripts/compare_evidence.sh`` measures quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import shared_dataset
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+DATASET = "Dataset991_HippocampusTiny"
+REPUX_TRAINER = "nnUNetTrainerRepUXNet_1epochs_2iters"
+
+
+def run(command, env, log, expect_ok=True):
+    with open(log, "w") as handle:
+        result = subprocess.run([str(c) for c in command], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    if expect_ok:
+        assert result.returncode == 0, f"{command[0]} failed, see {log}:\n" + Path(log).read_text()[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    source = shared_dataset("Dataset004_Hippocampus")
+    work = tmp_path_factory.mktemp("uxnet")
+    raw = work / "raw" / DATASET
+    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(source / "labelsTr"))[:10]
+    for kind in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (raw / kind).mkdir(parents=True)
+    for split, names in (("Tr", cases[:8]), ("Ts", cases[8:])):
+        for case in names:
+            (raw / f"images{split}" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
+            (raw / f"labels{split}" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
+    spec = json.loads((source / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**spec, "numTraining": 8}))
+    export = subprocess.run([BIN / "nnunet-efficient", "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
+               nnUNet_results=str(work / "res"), nnUNet_n_proc_DA="1",
+               nnUNet_extTrainer=export.strip().split("=", 1)[1].strip("'"))
+    return work, raw, env
+
+
+@pytest.fixture(scope="module")
+def repux_model(workspace):
+    work, _, env = workspace
+    run([BIN / "nnunet-efficient", "plan_and_preprocess", "-d", "991", "-pl", "nnUNetPlannerRepUXNetCPU", "-c",
+         "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar"], env, work / "plan.log")
+    run([BIN / "nnUNetv2_train", "991", "3d_fullres", "0", "-p", "nnUNetPlansRepUXNetCPU", "-tr", REPUX_TRAINER,
+         "-device", "cpu"], env, work / "train.log")
+    return work / "res" / DATASET / f"{REPUX_TRAINER}__nnUNetPlansRepUXNetCPU__3d_fullres"
+
+
+def test_planner_writes_repuxnet_into_the_plans(workspace, repux_model):
+    work, _, _ = workspace
+    plans = json.loads((work / "pre" / DATASET / "nnUNetPlansRepUXNetCPU.json").read_text())
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    assert architecture["network_class_name"] == "nnunet_efficient.networks.uxnet.RepUXNet"
+    kwargs = architecture["arch_kwargs"]
+    assert kwargs["kernel_size"] == 21 and kwargs["patch_size"] == plans["configurations"]["3d_fullres"]["patch_size"]
+    assert kwargs["features_per_stage"][0] == 16
+
+
+def test_stock_training_writes_an_unfolded_checkpoint(repux_model):
+    checkpoint = torch.load(repux_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == REPUX_TRAINER
+    folded = [k for k in checkpoint["network_weights"] if k.endswith("dwconv.folded")]
+    assert folded and not any(bool(checkpoint["network_weights"][k]) for k in folded)
+    assert (repux_model / "fold_0" / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["stock", "sliding_window", "sparse"])
+def test_prediction_with_stock_and_plugin_commands(workspace, repux_model, command):
+    work, raw, env = workspace
+    out = work / f"pred_{command}"
+    if command == "stock":
+        run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", "991", "-p", "nnUNetPlansRepUXNetCPU",
+             "-tr", REPUX_TRAINER, "-c", "3d_fullres", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1",
+             "-nps", "1"], env, work / f"{command}.log")
+    else:
+        run([BIN / "nnunet-efficient", "predict", "-m", repux_model, "-i", raw / "imagesTs", "-o", out, "-f", "0",
+             "-device", "cpu", "--disable_tta", "--strategy", command, "--disable_progress_bar", "-npp", "0",
+             "-nps", "0"], env, work / f"{command}.log")
+    for name in sorted(os.listdir(raw / "labelsTs")):
+        image = sitk.ReadImage(str(raw / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
+        seg = sitk.ReadImage(str(out / name))
+        assert seg.GetSize() == image.GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+
+
+def test_plugin_prediction_with_folded_kernels_equals_stock_unfolded(workspace, repux_model):
+    work, raw, _ = workspace
+    for name in sorted(os.listdir(raw / "labelsTs")):
+        stock = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_stock" / name)))
+        folded = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_sliding_window" / name)))
+        assert np.mean(stock == folded) >= 0.9999
+
+
+def test_compare_writes_its_table_and_resumes_without_retraining(workspace):
+    work, raw, env = workspace
+    command = [BIN / "nnunet-efficient", "compare", "-d", "991", "-e", "nnUNetTrainerUXNet:nnUNetPlansUXNetCPU",
+               "--iterations", "2", "--iterations_per_epoch", "2", "--timing_iterations", "1", "-f", "0",
+               "-i", raw / "imagesTs", "-ref", raw / "labelsTs", "-o", work / "compare", "--disable_tta"]
+    first = run(command, env, work / "compare1.log")
+    assert first.returncode == 0
+    with open(work / "compare" / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trainer"] for r in rows] == ["nnUNetTrainerUXNet"]
+    row = rows[0]
+    assert row["schedule"] == "nnUNetTrainerUXNet_1epochs_2iters" and int(row["n_cases"]) == 2
+    assert float(row["gmacs_per_window"]) > 0 and float(row["train_seconds_per_iteration"]) > 0
+    assert 0 <= float(row["mean_dice"]) <= 1 and int(row["parameters"]) > 0
+    assert (work / "compare" / "compare.png").stat().st_size > 0
+    checkpoint = (work / "res" / DATASET / "nnUNetTrainerUXNet_1epochs_2iters__nnUNetPlansUXNetCPU__3d_fullres"
+                  / "fold_0" / "checkpoint_final.pth")
+    stamp = checkpoint.stat().st_mtime_ns
+
+    run(command, env, work / "compare2.log")
+    log = (work / "compare2.log").read_text()
+    assert "trained already" in log and "timing" not in log.replace("timing.log", "")
+    assert checkpoint.stat().st_mtime_ns == stamp
+    with open(work / "compare" / "compare.csv") as f:
+        assert list(csv.DictReader(f)) == rows
+
+
+def test_unknown_planner_is_one_line(workspace):
+    work, _, env = workspace
+    result = run([BIN / "nnunet-efficient", "plan_and_preprocess", "-d", "991", "-pl", "nnUNetPlannerBogus",
+                  "--no_pp"], env, work / "bogus.log", expect_ok=False)
+    lines = (work / "bogus.log").read_text().strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "nnUNetPlannerBogus" in lines[0]
