@@ -9,9 +9,10 @@ For each entry ``TRAINER[:PLANS[:CONFIGURATION]]`` it
    :mod:`nnunet_efficient.benchmark.train_step_timing`) and gives each entry the iterations
    that fit in M minutes of training-step time — CPU time of the training process on the CPU,
    wall time on a GPU — so a cheap network gets more iterations than a costly one;
-3. trains it with stock ``nnUNetv2_train`` under the plugin's short-schedule name
-   ``TRAINER_<E>epochs_<I>iters`` (nnU-Net's per-epoch validation and final validation are
-   outside the budget);
+3. trains it with nnU-Net's own training (``nnunet-efficient train``) under the plugin's
+   short-schedule name ``TRAINER_<E>epochs_<I>iters`` (nnU-Net's per-epoch validation and final
+   validation are outside the budget), on the CPU with the torch threads its steps were timed
+   with (``--torch_threads``);
 4. predicts the held-out images with ``nnunet-efficient benchmark`` (nnU-Net's sliding window,
    mirroring as ``--disable_tta`` says) for Dice per class, seconds per case, peak memory;
 5. writes one table: CSV, Markdown and a Dice-vs-seconds PNG.
@@ -281,6 +282,8 @@ class Comparison:
         command = [sys.executable, "-m", "nnunet_efficient.cli.main", "train", self.dataset_name,
                    entry.configuration, str(self.fold), "-p", entry.plans, "-tr", trainer_name, "-device",
                    self.device]
+        if self.device == "cpu":  # train with the threads the budget was timed with, not one per core
+            command += ["--torch_threads", str(timing["torch_threads"])]
         if not os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
             self._update(entry, training=self._run(f"{entry.label}: training", command + (["--c"] if resume else []),
                                                    log_file))

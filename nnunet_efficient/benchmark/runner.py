@@ -2,8 +2,8 @@
 
 The nnU-Net adapter of the benchmark: it loads a trained model folder once, and for every case
 and strategy variant runs nnU-Net's own preprocessing, the strategy (through
-:class:`EfficientPredictor`), nnU-Net's export and a Dice against the reference label, timing
-each stage and counting MACs and peak memory of the network stage with
+:class:`EfficientPredictor`), the label export of ``nnunet-efficient predict`` and a Dice against
+the reference label, timing each stage and counting MACs and peak memory of the network stage with
 :mod:`nnunet_efficient.benchmark.measure`. The report (:mod:`nnunet_efficient.benchmark.report`)
 compares every variant with the first ``sliding_window`` variant.
 
@@ -220,15 +220,16 @@ class Benchmark:
         """``(case id, channel files, reference file)`` per case, every file checked before any work."""
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-        from nnunet_efficient.inference.input_checks import check_case_files, list_cases
+        from nnunet_efficient.inference.input_checks import ModelInput, check_case_files, list_cases
 
         p = self.predictor
         channels = determine_num_input_channels(p.plans_manager, p.configuration_manager, p.dataset_json)
         if not os.path.isdir(reference):
             raise InputFileError(reference, "reference label folder does not exist")
+        model = ModelInput.of(p.plans_manager, p.configuration_manager, channels)
         out = []
         for files in list_cases(images, self.file_ending, channels):
-            check_case_files(files, self.reader_writer, channels)
+            check_case_files(files, self.reader_writer, channels, model)
             case = _case_id(files[0], self.file_ending)
             ref = os.path.join(reference, case + self.file_ending)
             if not os.path.isfile(ref):
@@ -266,7 +267,16 @@ class Benchmark:
         """
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+        from nnunet_efficient.inference.export import logits_to_labels
+
         p = self.predictor
+        # the export `nnunet-efficient predict` runs: class by class, or nnU-Net's own
+        if p.bounded_export:
+            export = logits_to_labels
+        else:
+            def export(logits, *args):
+                return convert_predicted_logits_to_segmentation_with_correct_shape(
+                    logits, *args[:4], num_threads_torch=args[4])
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             data, properties = self._preprocess(files)
@@ -275,9 +285,8 @@ class Benchmark:
             logits = p.predict_logits_from_preprocessed_data(data)
         runs, write_seconds = p.runs, None
         with timer.stage("export"):
-            segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, p.plans_manager, p.configuration_manager, p.label_manager, properties,
-                num_threads_torch=torch.get_num_threads())
+            segmentation = export(logits, p.plans_manager, p.configuration_manager, p.label_manager, properties,
+                                  torch.get_num_threads())
             if output_file is not None:
                 write_start = timer.clock()
                 self.reader_writer().write_seg(segmentation, output_file, properties)

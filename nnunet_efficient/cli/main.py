@@ -10,14 +10,14 @@ import argparse
 import sys
 
 from nnunet_efficient import __version__
-from nnunet_efficient.cli import benchmark, compare, env, plan, predict, train
+from nnunet_efficient.cli import OneLineErrorParser, benchmark, compare, env, plan, predict, train
 from nnunet_efficient.errors import EfficientError
 
 COMMANDS = {module.NAME: module for module in (env, train, plan, predict, benchmark, compare)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="nnunet-efficient",
         description="Cheaper nnU-Net v2: plugin trainers and planners, and fast inference strategies.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

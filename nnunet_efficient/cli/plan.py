@@ -11,7 +11,8 @@ def add_parser(subparsers) -> None:
         NAME, help="nnUNetv2_plan_and_preprocess; -pl also accepts plugin planners (e.g. nnUNetPlannerCPU)",
         description="Fingerprint extraction, experiment planning and preprocessing, exactly as "
                     "nnUNetv2_plan_and_preprocess, except that -pl also accepts this plugin's planners.")
-    p.add_argument("-d", nargs="+", type=int, required=True, help="dataset ID(s), e.g. 4 5")
+    p.add_argument("-d", nargs="+", type=int, required=True,
+                   help="dataset ID(s), e.g. 4 5. Their training labels are checked against dataset.json first")
     p.add_argument("-fpe", default="DatasetFingerprintExtractor", help="fingerprint extractor class name")
     p.add_argument("-npfp", type=int, default=8, help="processes for fingerprint extraction. Default: 8")
     p.add_argument("--verify_dataset_integrity", action="store_true", help="check the raw dataset first")
@@ -37,8 +38,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, extra) -> int:
+    from nnunet_efficient.dataset_checks import check_raw_labels
+    from nnunet_efficient.planners import resolve_planner
     from nnunet_efficient.planners.api import plan_and_preprocess
 
+    resolve_planner(args.pl)  # an unknown planner fails before the labels are read
+    for dataset in args.d:
+        check_raw_labels(dataset, args.npfp)
     plans_identifier = plan_and_preprocess(
         args.d, args.pl, fingerprint_extractor=args.fpe, num_processes_fingerprint=args.npfp,
         verify_dataset_integrity=args.verify_dataset_integrity, clean=args.clean,

@@ -108,17 +108,22 @@ def run(args, extra) -> int:
         verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar,
         strategy=STRATEGIES[args.strategy].from_args(args), sw_batch_size=args.batch_size, cpu_bf16=args.cpu_bf16)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
-    if args.npp == 0 and args.nps == 0:
-        if args.num_parts != 1:
-            raise EfficientError("-num_parts needs multiprocessing (-npp/-nps > 0)")
-        predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction,
-                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions)
-    else:
-        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
-                                     overwrite=not args.continue_prediction,
-                                     num_processes_preprocessing=args.npp,
-                                     num_processes_segmentation_export=args.nps,
-                                     folder_with_segs_from_prev_stage=args.prev_stage_predictions,
-                                     num_parts=args.num_parts, part_id=args.part_id)
+    try:
+        if args.npp == 0 and args.nps == 0:
+            if args.num_parts != 1:
+                raise EfficientError("-num_parts needs multiprocessing (-npp/-nps > 0)")
+            predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
+                                                    overwrite=not args.continue_prediction,
+                                                    folder_with_segs_from_prev_stage=args.prev_stage_predictions)
+        else:
+            predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                         overwrite=not args.continue_prediction,
+                                         num_processes_preprocessing=args.npp,
+                                         num_processes_segmentation_export=args.nps,
+                                         folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                         num_parts=args.num_parts, part_id=args.part_id)
+    except KeyboardInterrupt:
+        # outputs move into place case by case, so what exists is complete and --continue_prediction resumes
+        raise EfficientError(f"interrupted; {predictor.cases_written} case(s) in {args.o} are complete, rerun with "
+                             f"--continue_prediction to predict the rest") from None
     return 0

@@ -1,38 +1,62 @@
 """``EfficientPredictor``: nnU-Net's predictor with pluggable inference strategies.
 
-Only the sliding-window step (``predict_sliding_window_return_logits``) is replaced; nnU-Net
-keeps doing preprocessing, fold ensembling, resampling and export. Around the file-based entry
-points the predictor adds what a user expects from a command: inputs are checked first, and
-outputs are written to a staging folder and moved into place only when complete.
+The sliding-window step (``predict_sliding_window_return_logits``) is replaced by a strategy;
+nnU-Net keeps doing preprocessing and fold ensembling. When only labels are wanted (no
+probabilities), the export runs class by class in this process (:mod:`.export`), so its memory
+does not grow with the number of classes; with probabilities nnU-Net's own export runs.
+
+Around the file-based entry points the predictor adds what a user expects from a command:
+inputs and the model are checked first and problems end in one line; outputs are written to a
+staging folder and each case is moved into place as soon as it is complete, so an interrupted
+run leaves complete files only and ``--continue_prediction`` resumes it; a second process writing
+the same output folder (and the same ``-part_id``) is refused.
 """
 
 from __future__ import annotations
 
+import errno
+import inspect
+import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
+import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.helpers import dummy_context, empty_cache
-from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot, determine_num_input_channels
 from tqdm import tqdm
 
+from nnunet_efficient.errors import EfficientError, InputFileError
+from nnunet_efficient.inference.export import export_labels, logits_to_labels
 from nnunet_efficient.inference.input_checks import (
+    ModelInput,
     check_case_files,
     check_model_folder,
     check_output_folder,
+    claim_output_folder,
+    diagnose_model_folder,
     list_cases,
+    quiet_trainer_search,
+    remove_created_folders,
 )
 from nnunet_efficient.inference.strategies import InferenceStrategy, get_strategy
 from nnunet_efficient.sampling.sliding_window import WindowRun
 from nnunet_efficient.trainers import register_plugin_trainers
 
 STAGING_PREFIX = ".nnunet_efficient_partial_"
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def fold_reparameterisations(network: torch.nn.Module) -> None:
@@ -48,6 +72,39 @@ def fold_reparameterisations(network: torch.nn.Module) -> None:
             fold()
 
 
+def _workers_deaf_to_ctrl_c(iterator: Iterator[dict]) -> Iterator[dict]:
+    """nnU-Net's preprocessing iterator, its worker processes started deaf to SIGINT.
+
+    A terminal's Ctrl-C goes to the whole process group: each of nnU-Net's workers would print
+    its own KeyboardInterrupt traceback. nnU-Net spawns them while fetching the first item; a
+    process started with SIGINT ignored keeps ignoring it (Python installs no KeyboardInterrupt
+    handler then), so SIGINT is ignored during that fetch, and blocked too: on Linux a blocked
+    signal stays pending even while ignored, and reaches this process's own handler as soon as
+    the fetch returns. Ctrl-C then ends the command with one line.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield from iterator
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        first = next(iterator, None)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C during the fetch is delivered here
+    if first is None:
+        return
+    yield first
+    yield from iterator
+
+
+def _terminate(processes) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+
+
 class EfficientPredictor(nnUNetPredictor):
     """An ``nnUNetPredictor`` whose sliding window is replaced by an inference strategy.
 
@@ -61,6 +118,9 @@ class EfficientPredictor(nnUNetPredictor):
         cpu_bf16: run the network under bfloat16 autocast on the CPU. About 3× faster per window
             where the CPU has native bfloat16 (AVX512-BF16, AMX; docs/benchmarks.md), slower where
             it has not; labels then differ from nnU-Net's on a few voxels in 10⁵. Off by default.
+        bounded_export: when no probabilities are saved, export labels class by class in this
+            process (peak memory independent of the number of classes, labels as nnU-Net's;
+            :mod:`nnunet_efficient.inference.export`). False: nnU-Net's export in worker processes.
         **strategy_options: options of a strategy given by name (e.g. ``k=5``).
 
     The other arguments are ``nnUNetPredictor``'s.
@@ -75,7 +135,8 @@ class EfficientPredictor(nnUNetPredictor):
                  perform_everything_on_device: bool = True, device: torch.device = torch.device("cuda"),
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True,
                  strategy: str | InferenceStrategy = "sliding_window", sw_batch_size: int = 1,
-                 accumulate_dtype: torch.dtype = torch.half, cpu_bf16: bool = False, **strategy_options):
+                 accumulate_dtype: torch.dtype = torch.half, cpu_bf16: bool = False, bounded_export: bool = True,
+                 **strategy_options):
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device,
                          verbose, verbose_preprocessing, allow_tqdm)
         if sw_batch_size < 1:
@@ -85,8 +146,13 @@ class EfficientPredictor(nnUNetPredictor):
         self.sw_batch_size = sw_batch_size
         self.accumulate_dtype = accumulate_dtype
         self.cpu_bf16 = cpu_bf16
+        self.bounded_export = bounded_export
         self.last_run: WindowRun | None = None
         self.last_network_seconds: float | None = None
+        self.last_export_seconds: float | None = None
+        #: cases of the current file-based run whose outputs are complete in their final place
+        self.cases_written = 0
+        self._publish: dict[str, str] = {}  # staged output name -> final output name
 
     @property
     def mirror_axes(self) -> tuple[int, ...] | None:
@@ -133,9 +199,16 @@ class EfficientPredictor(nnUNetPredictor):
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
-        check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        folds = check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         register_plugin_trainers()  # the checkpoint may name one of the plugin's trainers
-        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        try:
+            with quiet_trainer_search():
+                super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        except Exception as error:  # nnU-Net fails with a traceback: find which file is at fault
+            problem = diagnose_model_folder(model_training_output_dir, folds, checkpoint_name, error)
+            if problem is None:
+                raise
+            raise problem from None
         fold_reparameterisations(self.network)
         self.strategy.check_predictor(self)
 
@@ -150,10 +223,11 @@ class EfficientPredictor(nnUNetPredictor):
                            folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
         cases, outputs = self._checked_cases_and_outputs(list_of_lists_or_source_folder,
                                                          output_folder_or_list_of_truncated_output_files,
-                                                         save_probabilities, overwrite, num_parts, part_id)
+                                                         save_probabilities, overwrite, num_parts, part_id,
+                                                         folder_with_segs_from_prev_stage)
         return self._staged(outputs, lambda staged: super(EfficientPredictor, self).predict_from_files(
             cases, staged, save_probabilities, True, num_processes_preprocessing,
-            num_processes_segmentation_export, folder_with_segs_from_prev_stage, 1, 0))
+            num_processes_segmentation_export, folder_with_segs_from_prev_stage, 1, 0), (part_id, num_parts))
 
     def predict_from_files_sequential(self, list_of_lists_or_source_folder,
                                       output_folder_or_list_of_truncated_output_files,
@@ -161,69 +235,194 @@ class EfficientPredictor(nnUNetPredictor):
                                       folder_with_segs_from_prev_stage: str = None):
         cases, outputs = self._checked_cases_and_outputs(list_of_lists_or_source_folder,
                                                          output_folder_or_list_of_truncated_output_files,
-                                                         save_probabilities, overwrite, 1, 0)
-        return self._staged(outputs, lambda staged: super(EfficientPredictor, self).predict_from_files_sequential(
-            cases, staged, save_probabilities, True, folder_with_segs_from_prev_stage))
+                                                         save_probabilities, overwrite, 1, 0,
+                                                         folder_with_segs_from_prev_stage)
+        if save_probabilities or not self.bounded_export:
+            return self._staged(outputs, lambda staged: super(EfficientPredictor, self).predict_from_files_sequential(
+                cases, staged, save_probabilities, True, folder_with_segs_from_prev_stage))
+
+        def run(staged):
+            if staged:
+                self._write_run_files(os.path.dirname(staged[0]), folder_with_segs_from_prev_stage)
+            return self.predict_from_data_iterator(self._sequential_iterator(cases, staged,
+                                                                             folder_with_segs_from_prev_stage))
+
+        return self._staged(outputs, run)
+
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = default_num_processes):
+        """nnU-Net's loop over preprocessed cases; without probabilities, each case's labels are exported
+        class by class in this process (:func:`~nnunet_efficient.inference.export.export_labels`) before
+        the next case starts, so at most one logits buffer exists at a time."""
+        if save_probabilities or not self.bounded_export:
+            return super().predict_from_data_iterator(data_iterator, save_probabilities,
+                                                      num_processes_segmentation_export)
+        results = []
+        try:
+            for item in data_iterator:
+                data, ofile, properties = item["data"], item["ofile"], item["data_properties"]
+                if isinstance(data, str):  # nnU-Net may hand a large case over as a .npy file
+                    path, data = data, torch.from_numpy(np.load(data))
+                    os.remove(path)
+                print(f"\nPredicting {os.path.basename(ofile) if ofile is not None else tuple(data.shape)}:")
+                logits = self.predict_logits_from_preprocessed_data(data)
+                del data, item
+                start = time.perf_counter()
+                if ofile is not None:
+                    export_labels(logits, properties, self.configuration_manager, self.plans_manager,
+                                  self.dataset_json, ofile)
+                    self._publish_case(ofile)
+                    results.append(None)
+                else:
+                    results.append(logits_to_labels(logits, self.plans_manager, self.configuration_manager,
+                                                    self.label_manager, properties))
+                del logits
+                self.last_export_seconds = time.perf_counter() - start
+                print(f"labels exported class by class in {self.last_export_seconds:.2f} s")
+        finally:
+            if isinstance(data_iterator, MultiThreadedAugmenter):
+                data_iterator._finish()
+            compute_gaussian.cache_clear()
+            empty_cache(self.device)
+        return results
+
+    def _internal_get_data_iterator_from_lists_of_filenames(self, *args, **kwargs):
+        return _workers_deaf_to_ctrl_c(super()._internal_get_data_iterator_from_lists_of_filenames(*args, **kwargs))
+
+    def _sequential_iterator(self, cases: list[list[str]], outputs: list[str] | None,
+                             folder_with_segs_from_prev_stage: str | None) -> Iterator[dict]:
+        """Preprocess ``cases`` one at a time in this process (``-npp 0 -nps 0``), as nnU-Net's
+        ``predict_from_files_sequential`` does, as items for :meth:`predict_from_data_iterator`."""
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
+        ending = self.dataset_json["file_ending"]
+        for files, ofile in zip(cases, outputs if outputs is not None else [None] * len(cases)):
+            previous = None
+            if folder_with_segs_from_prev_stage is not None:
+                previous = os.path.join(folder_with_segs_from_prev_stage,
+                                        os.path.basename(files[0])[:-(len(ending) + 5)] + ending)
+            data, seg, properties = preprocessor.run_case(files, previous, self.plans_manager,
+                                                          self.configuration_manager, self.dataset_json)
+            if previous is not None:
+                data = np.vstack((data, convert_labelmap_to_one_hot(seg[0], self.label_manager.foreground_labels,
+                                                                    data.dtype)))
+            yield {"data": torch.from_numpy(data), "data_properties": properties, "ofile": ofile}
+
+    def _write_run_files(self, folder: str, folder_with_segs_from_prev_stage: str | None) -> None:
+        # What nnU-Net's predict_from_files_sequential leaves beside the predictions (postprocessing reads them).
+        arguments = {name: None for name in inspect.signature(nnUNetPredictor.predict_from_files_sequential).parameters
+                     if name != "self"}
+        arguments.update(list_of_lists_or_source_folder=None, output_folder_or_list_of_truncated_output_files=folder,
+                         save_probabilities=False, overwrite=True,
+                         folder_with_segs_from_prev_stage=folder_with_segs_from_prev_stage)
+        recursive_fix_for_json_export(arguments)
+        save_json(arguments, os.path.join(folder, "predict_from_raw_data_args.json"))
+        save_json(self.dataset_json, os.path.join(folder, "dataset.json"), sort_keys=False)
+        save_json(self.plans_manager.plans, os.path.join(folder, "plans.json"), sort_keys=False)
 
     def _checked_cases_and_outputs(self, source, outputs, save_probabilities: bool, overwrite: bool,
-                                   num_parts: int, part_id: int) -> tuple[list[list[str]], list[str] | None]:
-        """Resolve and check this part's cases and their final output names (``overwrite`` applied)."""
+                                   num_parts: int, part_id: int, folder_with_segs_from_prev_stage: str | None = None,
+                                   ) -> tuple[list[list[str]], list[str] | None]:
+        """Resolve and check this part's cases and their final output names (``overwrite`` applied).
+
+        An output folder created here is removed again when a later check fails (no partial output).
+        """
         if not 0 <= part_id < num_parts:
-            raise ValueError(f"part_id must be in [0, num_parts - 1], got part_id={part_id}, num_parts={num_parts}")
+            raise EfficientError(f"-part_id must be between 0 and -num_parts - 1 ({num_parts - 1}), got {part_id}")
         file_ending = self.dataset_json["file_ending"]
         num_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                     self.dataset_json)
         if self.configuration_manager.previous_stage_name is not None:
+            if folder_with_segs_from_prev_stage is None:
+                raise EfficientError(f"this model is a cascade stage: give the predictions of "
+                                     f"'{self.configuration_manager.previous_stage_name}' with -prev_stage_predictions")
             # the cascade's extra one-hot channels come from the previous stage, not from files
             num_channels -= len(self.label_manager.foreground_labels)
         if isinstance(source, str):
             cases = list_cases(source, file_ending, num_channels)
         else:
             cases = [list(c) for c in source]
-        if isinstance(outputs, str):
-            check_output_folder(outputs)
-            outputs = [os.path.join(outputs, os.path.basename(c[0])[:-(len(file_ending) + 5)]) for c in cases]
-        elif outputs is not None:
-            outputs = list(outputs)
-            if len(outputs) != len(cases):
-                raise ValueError(f"{len(outputs)} output names for {len(cases)} cases")
-            for folder in sorted({os.path.dirname(os.path.abspath(o)) for o in outputs}):
-                check_output_folder(folder)
-        cases = cases[part_id::num_parts]
-        outputs = outputs[part_id::num_parts] if outputs is not None else None
-        if outputs is not None and not overwrite:
-            done = [os.path.isfile(o + file_ending) and (not save_probabilities or os.path.isfile(o + ".npz"))
-                    for o in outputs]
-            cases = [c for c, d in zip(cases, done) if not d]
-            outputs = [o for o, d in zip(outputs, done) if not d]
-            print(f"--continue_prediction: {sum(done)} case(s) already predicted, {len(cases)} to go")
-        for case in cases:
-            check_case_files(case, self.plans_manager.image_reader_writer_class, num_channels)
+        created: list[str] = []
+        try:
+            if isinstance(outputs, str):
+                if isinstance(source, str) and os.path.realpath(outputs) == os.path.realpath(source):
+                    raise EfficientError(f"{outputs}: the output folder is the input folder; give another -o "
+                                         f"(predictions CASE{file_ending} would be mixed with the images)")
+                created += check_output_folder(outputs)
+                outputs = [os.path.join(outputs, os.path.basename(c[0])[:-(len(file_ending) + 5)]) for c in cases]
+            elif outputs is not None:
+                outputs = list(outputs)
+                if len(outputs) != len(cases):
+                    raise ValueError(f"{len(outputs)} output names for {len(cases)} cases")
+                for folder in sorted({os.path.dirname(os.path.abspath(o)) for o in outputs}):
+                    created += check_output_folder(folder)
+            cases = cases[part_id::num_parts]
+            outputs = outputs[part_id::num_parts] if outputs is not None else None
+            if outputs is not None and not overwrite:
+                done = [os.path.isfile(o + file_ending) and (not save_probabilities or os.path.isfile(o + ".npz"))
+                        for o in outputs]
+                cases = [c for c, d in zip(cases, done) if not d]
+                outputs = [o for o, d in zip(outputs, done) if not d]
+                print(f"--continue_prediction: {sum(done)} case(s) already predicted, {len(cases)} to go")
+            model = ModelInput.of(self.plans_manager, self.configuration_manager, num_channels)
+            for case in cases:
+                check_case_files(case, self.plans_manager.image_reader_writer_class, num_channels, model)
+        except BaseException:
+            remove_created_folders(created)
+            raise
         return cases, outputs
 
-    @staticmethod
-    def _staged(outputs: list[str] | None, run):
-        """Run ``run(staged_outputs)`` writing into staging folders, then move results into place.
+    def _staged(self, outputs: list[str] | None, run, part: tuple[int, int] = (0, 1)):
+        """Run ``run(staged_outputs)`` writing into staging folders; outputs move into place as they complete.
 
         nnU-Net writes each output directly to its final name; a crash then leaves a truncated
         file that ``--continue_prediction`` would take for a finished case. Staging in a hidden
-        folder beside the outputs (same file system, so the move is an atomic rename) prevents that.
+        folder beside the outputs (same file system, so the move is an atomic rename) prevents that:
+        :meth:`predict_from_data_iterator` moves each case as soon as it is written, whatever is
+        left (nnU-Net's own export, run files) moves at the end. While it runs, the output folders
+        are claimed for this ``-part_id`` (:func:`claim_output_folder`).
         """
+        self.cases_written = 0
         if outputs is None:
             return run(None)
         if not outputs:
             return []
         folders = sorted({os.path.dirname(os.path.abspath(o)) for o in outputs})
         staging = {f: os.path.join(f, f"{STAGING_PREFIX}{os.getpid()}") for f in folders}
-        try:
-            for s in staging.values():
-                os.makedirs(s, exist_ok=True)
-            result = run([os.path.join(staging[os.path.dirname(os.path.abspath(o))], os.path.basename(o))
-                          for o in outputs])
-            for folder, s in staging.items():
-                for name in os.listdir(s):
-                    os.replace(os.path.join(s, name), os.path.join(folder, name))
-            return result
-        finally:
-            for s in staging.values():
-                shutil.rmtree(s, ignore_errors=True)
+        children = set(multiprocessing.active_children())
+        with ExitStack() as claims:
+            for folder in folders:
+                claims.enter_context(claim_output_folder(folder, *part))
+            try:
+                for s in staging.values():
+                    os.makedirs(s, exist_ok=True)
+                staged = [os.path.join(staging[os.path.dirname(os.path.abspath(o))], os.path.basename(o))
+                          for o in outputs]
+                self._publish = dict(zip(staged, outputs))
+                result = run(staged)
+                for folder, s in staging.items():
+                    for name in os.listdir(s):
+                        os.replace(os.path.join(s, name), os.path.join(folder, name))
+                self.cases_written = len(outputs)
+                return result
+            except BaseException as error:
+                # nnU-Net's preprocessing workers outlive a failed run and then print tracebacks once its
+                # manager process is gone: end the processes this run started first
+                _terminate(set(multiprocessing.active_children()) - children)
+                if isinstance(error, OSError) and error.errno in WRITE_ERRORS:  # a full disk, ...
+                    raise InputFileError(error.filename or folders[0],
+                                         f"cannot be written ({error.strerror or error})") from None
+                raise
+            finally:
+                self._publish = {}
+                for s in staging.values():
+                    shutil.rmtree(s, ignore_errors=True)
+
+    def _publish_case(self, staged: str) -> None:
+        """Move a finished case's files from the staging folder to their final names."""
+        final = self._publish.get(staged)
+        if final is None:
+            return
+        for suffix in (self.dataset_json["file_ending"], ".npz", ".pkl"):
+            if os.path.isfile(staged + suffix):
+                os.replace(staged + suffix, final + suffix)
+        self.cases_written += 1

@@ -94,7 +94,8 @@ def sliding_window_logits(network: Callable[[torch.Tensor], torch.Tensor], data:
                           *, batch_size: int = 1, mirror_axes: Sequence[int] | None = None,
                           device: torch.device | str = "cpu", results_device: torch.device | str = "cpu",
                           accumulate_dtype: torch.dtype = torch.half,
-                          on_window: Callable[[int], None] | None = None) -> tuple[torch.Tensor, WindowRun]:
+                          on_window: Callable[[int], None] | None = None,
+                          out: torch.Tensor | None = None) -> tuple[torch.Tensor, WindowRun]:
     """Aggregate importance-weighted window predictions into one logit volume.
 
     Args:
@@ -112,10 +113,18 @@ def sliding_window_logits(network: Callable[[torch.Tensor], torch.Tensor], data:
         accumulate_dtype: dtype of the aggregation buffers. nnU-Net uses float16; keep it for
             parity, use float32 when the logits may exceed float16's range.
         on_window: called with the number of windows finished after each batch (progress bars).
+        out: ``(num_classes, *spatial)`` logits to write into instead of a new buffer (its dtype
+            and device are then used): voxels that a window covers are replaced by the windows'
+            aggregation, the others keep their values. Lets a second pass over some windows
+            refine a first pass's logits without a second full-size buffer.
 
     Returns:
-        ``(num_classes, *spatial)`` logits normalised by the summed importance, and the
-        :class:`WindowRun` counts.
+        ``(num_classes, *spatial)`` logits normalised by the summed importance (``out`` itself
+        when given), and the :class:`WindowRun` counts.
+
+    Memory: besides the ``(num_classes, *spatial)`` buffer and one ``(*spatial)`` weight volume,
+    only window-sized tensors; the importance weighting runs a few classes at a time, so its
+    temporary does not grow with the number of classes.
 
     Raises:
         ValueError: ``batch_size`` < 1 or no slicers.
@@ -127,7 +136,14 @@ def sliding_window_logits(network: Callable[[torch.Tensor], torch.Tensor], data:
         raise ValueError("no windows to evaluate")
     run = WindowRun()
     n_variants = len(mirror_axes_combinations(mirror_axes)) + 1
-    logits = torch.zeros((num_classes, *data.shape[1:]), dtype=accumulate_dtype, device=results_device)
+    if out is None:
+        logits = torch.zeros((num_classes, *data.shape[1:]), dtype=accumulate_dtype, device=results_device)
+    else:
+        if tuple(out.shape) != (num_classes, *data.shape[1:]):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {(num_classes, *data.shape[1:])}")
+        logits, accumulate_dtype, results_device = out, out.dtype, out.device
+        for s in slicers:  # the covered voxels start from zero, as in a fresh buffer
+            logits[s] = 0
     weights = torch.zeros(data.shape[1:], dtype=accumulate_dtype, device=results_device)
     if isinstance(importance_map, torch.Tensor):
         importance_map = importance_map.to(results_device)
@@ -136,13 +152,24 @@ def sliding_window_logits(network: Callable[[torch.Tensor], torch.Tensor], data:
         x = torch.stack([data[s] for s in batch]).to(device)
         prediction = predict_mirrored(network, x, mirror_axes).to(results_device)
         for window_prediction, s in zip(prediction, batch):
-            logits[s] += window_prediction * importance_map
+            for classes in _class_chunks(num_classes):
+                logits[(classes, *s[1:])] += window_prediction[classes] * importance_map
             weights[s[1:]] += importance_map
         run += WindowRun(len(batch), n_variants, n_variants * len(batch))
         if on_window is not None:
             on_window(len(batch))
 
+    if out is not None:  # voxels no window covers are divided by 1 and keep their values
+        weights.masked_fill_(weights == 0, 1)
     torch.div(logits, weights, out=logits)
-    if torch.isinf(logits).any():
+    if any(torch.isinf(logits[classes]).any() for classes in _class_chunks(num_classes)):
         raise RuntimeError(f"aggregated logits overflow {accumulate_dtype}; accumulate in float32 instead")
     return logits, run
+
+
+#: Classes weighted at once: bounds the float32 temporary of a window to this many classes.
+CLASS_CHUNK = 8
+
+
+def _class_chunks(num_classes: int) -> list[slice]:
+    return [slice(c, min(c + CLASS_CHUNK, num_classes)) for c in range(0, num_classes, CLASS_CHUNK)]

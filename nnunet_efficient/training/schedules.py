@@ -35,7 +35,8 @@ def parse_schedule_name(name: str) -> tuple[str, int, int | None] | None:
 def with_schedule(base: type, epochs: int, iterations: int | None = None) -> type:
     """Subclass of trainer ``base`` that trains ``epochs`` × ``iterations`` (nnU-Net's 250 if None).
 
-    Validation iterations per epoch keep nnU-Net's proportion (one fifth, at least one).
+    Validation iterations per epoch keep nnU-Net's proportion (one fifth, at least one);
+    ``checkpoint_latest.pth`` is written after every epoch, so ``--c`` resumes where it stopped.
     """
     name = f"{base.__name__}_{epochs}epochs" + (f"_{iterations}iters" if iterations else "")
     if name in _CACHE:
@@ -45,6 +46,9 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None) -> typ
         kwargs = {} if device is None else {"device": device}
         base.__init__(self, plans, configuration, fold, dataset_json, **kwargs)
         self.num_epochs = epochs
+        # nnU-Net writes checkpoint_latest every 50 epochs, so an interrupted short schedule could not
+        # resume (--c) at all: every epoch here (a few MB per write, next to minutes of training)
+        self.save_every = 1
         if iterations:
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = max(1, round(iterations * VALIDATION_FRACTION))

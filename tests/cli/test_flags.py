@@ -43,3 +43,26 @@ def test_train_hands_its_arguments_to_nnunet():
     assert result.returncode == 0
     assert set(OPTION.findall(result.stdout)) == set(OPTION.findall(
         subprocess.run(["nnUNetv2_train", "-h"], capture_output=True, text=True).stdout))
+
+
+def test_train_knows_every_nnunet_train_flag():
+    """``--torch_threads`` calls nnU-Net's run_training itself: it must read every flag nnUNetv2_train has."""
+    from nnunet_efficient.cli.train import nnunet_train_arguments
+
+    ours = {flag for action in nnunet_train_arguments()._actions for flag in action.option_strings}
+    assert ours == nnunet_flags("nnUNetv2_train")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--torch_threads", "0"], "--torch_threads must be a whole number >= 1, got '0'"),
+    (["--torch_threads"], "--torch_threads must be a whole number >= 1, got ''"),
+    (["-device", "cuda", "--torch_threads", "2"], "--torch_threads applies to -device cpu only"),
+    (["-device", "cpu", "--torch_threads", "2", "--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+])
+def test_train_torch_threads_is_checked(arguments, message):
+    from nnunet_efficient.cli.train import run
+    from nnunet_efficient.errors import EfficientError
+
+    # the trainer and dataset checks are not reached for the first two; the last two fail before training
+    with pytest.raises(EfficientError, match=re.escape(message)):
+        run(None, ["990", "3d_fullres", "0", "-tr", "nnUNetTrainer", *arguments])

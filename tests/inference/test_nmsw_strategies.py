@@ -52,7 +52,7 @@ def volume(shape=VOLUME, seed=0):
 
 def test_nmsw_strategy_is_the_core_top_k_and_deterministic(model):
     x = volume()
-    predictor = predictor_for(model, "nmsw", k=3)
+    predictor = predictor_for(model, "nmsw", k=3, accumulate_dtype=torch.float32)
     logits = predictor.predict_sliding_window_return_logits(x)
     expected = model[0].forward_infer(x[None], k=3)["logits"][0]
     assert logits.shape == (3, *VOLUME)
@@ -80,6 +80,23 @@ def test_random_fg_is_reproducible_with_a_seed(model):
     assert first.last_run.windows == 2
 
 
+@pytest.mark.parametrize("strategy, options", [("nmsw", {"k": 3}), ("random_fg", {"k": 2, "seed": 1}),
+                                               ("global", {})])
+@pytest.mark.parametrize("use_mirroring", [False, True], ids=["no_tta", "tta"])
+def test_float16_merge_equals_the_float32_merge_up_to_float16_rounding(model, strategy, options, use_mirroring):
+    x = volume((28, 20, 24))  # padded to the 24^3 canvas on two axes, so cropping back is covered too
+    compact = predictor_for(model, strategy, use_mirroring=use_mirroring, **options)
+    exact = predictor_for(model, strategy, use_mirroring=use_mirroring, accumulate_dtype=torch.float32, **options)
+    logits, reference = compact.predict_sliding_window_return_logits(x), exact.predict_sliding_window_return_logits(x)
+    assert logits.dtype == torch.float16 and reference.dtype == torch.float32
+    assert logits.shape == reference.shape == (3, 28, 20, 24)
+    # one rounding to float16 per window and pass added (at most 8 windows x 8 passes per voxel)
+    assert ((logits.float() - reference).abs() <= 2 ** -7 * reference.abs().clamp(min=1)).all()
+    assert (logits.argmax(0) == reference.argmax(0)).float().mean() >= 0.999
+    assert (compact.last_run.windows, compact.last_run.network_inputs) == (exact.last_run.windows,
+                                                                           exact.last_run.network_inputs)
+
+
 def test_mirroring_runs_the_whole_strategy_per_flip(model):
     predictor = predictor_for(model, "nmsw", use_mirroring=True, k=2)
     logits = predictor.predict_sliding_window_return_logits(volume())
@@ -90,7 +107,7 @@ def test_mirroring_runs_the_whole_strategy_per_flip(model):
 
 def test_global_strategy_is_the_upsampled_global_branch(model):
     x = volume()
-    predictor = predictor_for(model, "global")
+    predictor = predictor_for(model, "global", accumulate_dtype=torch.float32)
     logits = predictor.predict_sliding_window_return_logits(x)
     assert torch.equal(logits, global_only_infer(model[0], x[None])["logits"][0])
     assert predictor.last_run.windows == 0

@@ -1,12 +1,13 @@
 """Plan, train and predict with the real commands as subprocesses, on the shipped Hippocampus sample.
 
-Training budget: 15 epochs × 40 iterations with the CPU plan (about 7 minutes on 2 cores). The
-sample's 4 held-out cases must then reach a mean foreground Dice of at least 0.3. An
-all-background prediction scores 0 and a random one below 0.1, so a broken pipeline (labels
-shifted, axes transposed, wrong checkpoint, geometry lost) fails. Short trainings leave the
-all-background start at very different times: measured held-out means were 0.25 after 320
-iterations, and 0.54 and 0.82 after 600 and 480 in two other runs, so the floor stays well below
-what a working run reaches.
+The pipeline's mechanics, at a budget CI can afford (2 epochs of 5 iterations, a few minutes on 2
+cores): the plugin's CPU planner writes the plans, stock ``nnUNetv2_train`` finds the plugin's
+schedule and writes its checkpoint and validation, ``nnunet-efficient predict`` writes every held-out
+case in its original geometry with valid labels. What such a short training learns is not tested
+here: a few hundred iterations from scratch leave nnU-Net's all-background start at very different
+times (held-out means of 0.25 to 0.82 after 300 to 600 iterations were measured on this sample),
+too noisy and, at 26 minutes on a 2-core CI machine, too slow for a floor. Parity of the predicted
+labels with nnU-Net's own predictor is tested in ``tests/inference``.
 """
 
 import os
@@ -19,11 +20,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE
 
-from nnunet_efficient.benchmark.measure import dice_per_class
-
 BIN = Path(sys.executable).parent
-TRAINER = "nnUNetTrainer_15epochs_40iters"
-DICE_FLOOR = 0.3
+TRAINER = "nnUNetTrainer_2epochs_5iters"
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +54,9 @@ def test_plans_come_from_the_plugin_planner(trained):
     work, _ = trained
     plans = json.loads((work / "pre" / SAMPLE.name / "nnUNetPlansCPU.json").read_text())
     assert plans["experiment_planner_used"] == "nnUNetPlannerCPU"
-    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 16
+    configuration = plans["configurations"]["3d_fullres"]
+    assert configuration["architecture"]["arch_kwargs"]["features_per_stage"][0] == 16
+    assert configuration["batch_size"] <= 2
 
 
 def test_checkpoint_and_validation_written_by_stock_nnunet(trained):
@@ -74,17 +74,12 @@ def test_predict_held_out_cases(trained):
          "--disable_progress_bar"], env, work / "predict.log")
     names = sorted(os.listdir(SAMPLE / "labelsTs"))
     assert sorted(n for n in os.listdir(out) if n.endswith(".nii.gz")) == names
-    scores = []
     for name in names:
         image = sitk.ReadImage(str(SAMPLE / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
         seg = sitk.ReadImage(str(out / name))
         assert seg.GetSize() == image.GetSize()
         np.testing.assert_allclose(seg.GetSpacing(), image.GetSpacing())
         np.testing.assert_allclose(seg.GetOrigin(), image.GetOrigin())
-        dice = dice_per_class(sitk.GetArrayFromImage(seg),
-                              sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "labelsTs" / name))), [1, 2])
-        scores.append([dice[1], dice[2]])
-    mean = float(np.nanmean(scores))
-    print(f"held-out mean foreground Dice after {TRAINER}: {mean:.3f} (per case {np.round(scores, 3).tolist()})")
-    assert mean >= DICE_FLOOR
+        np.testing.assert_allclose(seg.GetDirection(), image.GetDirection())
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
     assert "windows" in (work / "predict.log").read_text()

@@ -98,3 +98,20 @@ def test_invalid_batch_size_is_rejected():
     with pytest.raises(ValueError, match="batch_size"):
         sliding_window_logits(lambda x: x, torch.zeros(1, 4, 4, 4), grid_slicers((4, 4, 4), (4, 4, 4), 4), 1, 1.0,
                               batch_size=0)
+
+
+def test_refining_in_place_replaces_only_the_covered_voxels():
+    importance = torch.rand(4, 4, 4) + 0.1
+    data = torch.randn(1, 8, 8, 8)
+    net = CountingConv(channels_in=1, classes=20)  # more classes than one weighting chunk
+    first = torch.full((20, 8, 8, 8), 7.0, dtype=torch.half)
+    some = grid_slicers((8, 8, 8), (4, 4, 4), 2)[:3]  # windows inside [0, 4) x [0, 4) x [0, 8)
+    refined, _ = sliding_window_logits(net, data, some, 20, importance, out=first)
+    alone, _ = sliding_window_logits(net, data, some, 20, importance)
+    assert refined is first
+    covered = torch.zeros(8, 8, 8, dtype=torch.bool)
+    for s in some:
+        covered[s[1:]] = True
+    assert torch.equal(refined[:, covered], alone[:, covered])
+    assert (refined[:, ~covered] == 7.0).all() and (~covered).any()
+

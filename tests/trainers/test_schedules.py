@@ -57,4 +57,5 @@ def test_schedule_sets_epochs_and_iterations(tmp_path, monkeypatch):
     trainer = with_schedule(nnUNetTrainer, 3, 40)(plans, "3d_fullres", 0, dataset_json(1, {"background": 0, "a": 1}),
                                                   torch.device("cpu"))
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 40, 8)
+    assert trainer.save_every == 1  # checkpoint_latest after every epoch: --c resumes a short schedule
     assert with_schedule(nnUNetTrainer, 3, 40) is type(trainer)

@@ -16,6 +16,14 @@ Each volume is first zero-padded to the plans' ``nmsw.volume_shape`` (training p
 way, so the global branch sees the training scale) and cropped back afterwards. Mirroring TTA
 flips the whole volume and runs the whole strategy per flip (the global pass included), then
 averages the logits, as nnU-Net averages mirrored windows.
+
+Memory: with the predictor's default ``accumulate_dtype`` (float16, as nnU-Net's sliding window)
+``nmsw``, ``random_fg`` and ``global`` merge every window and every mirrored pass straight into
+one float16 ``(C, *canvas)`` buffer (:mod:`nnunet_efficient.sampling.compact`): the upsampled
+global logits are computed a slab at a time and no float32 volume of logits is ever held.
+``accumulate_dtype=torch.float32`` runs the network's own float32 merge (``forward_infer``)
+instead, whose logits equal the float16 ones up to float16 rounding. ``zoom`` always merges in
+float32.
 """
 
 from __future__ import annotations
@@ -28,10 +36,14 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.inference.strategies.base import InferenceStrategy, StrategyOption, register_strategy
-from nnunet_efficient.networks.nmsw import NMSWNetwork, unwrap_network
+from nnunet_efficient.networks.aggregation import gaussian_importance_map
+from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, resize_linear_window, unwrap_network
 from nnunet_efficient.networks.nmsw_baselines import global_only_infer, zoom_infer
 from nnunet_efficient.networks.nmsw_plans import NMSWSettings, nmsw_settings
+from nnunet_efficient.sampling.compact import merge_pass_into, window_weights
 from nnunet_efficient.sampling.sliding_window import WindowRun, mirror_axes_combinations
+from nnunet_efficient.sampling.topk import random_foreground_indices, topk_indices
+from nnunet_efficient.sampling.windows import crop_window
 
 if TYPE_CHECKING:
     from nnunet_efficient.inference.predictor import EfficientPredictor
@@ -84,9 +96,44 @@ class NMSWStrategy(InferenceStrategy):
         nmsw_predictor_settings(predictor)
 
     def infer(self, net: NMSWNetwork, image: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``(1, C_in, *canvas)`` image → ``((1, classes, *canvas)`` logits, local windows evaluated)."""
+        """``(1, C_in, *canvas)`` image → ``((1, classes, *canvas)`` float32 logits, local windows evaluated)."""
         raise NotImplementedError
 
+    #: whether :meth:`window_starts` describes this strategy, so that :meth:`infer_into` can run it
+    compact: bool = True
+
+    def window_starts(self, net: NMSWNetwork, glob: dict) -> list[tuple[int, ...]]:
+        """The windows :meth:`infer` evaluates, chosen from the global pass (``NMSWNetwork._global_pass``)."""
+        raise NotImplementedError
+
+    def infer_into(self, net: NMSWNetwork, image: torch.Tensor, total: torch.Tensor,
+                   flip_axes: tuple[int, ...]) -> int | None:
+        """Add :meth:`infer`'s logits of ``image`` (flipped along ``flip_axes``) to ``total`` (float16
+        ``(classes, *canvas)``) without a float32 volume; returns the local windows evaluated, or None
+        (nothing added) when this strategy has no compact merge."""
+        if not self.compact:
+            return None
+        spatial = tuple(image.shape[2:])
+        glob = net._global_pass(downsample_image(image, net.global_shape), spatial)
+        starts = self.window_starts(net, glob)
+        global_logits = glob["global_logits"].float()
+        importance = gaussian_importance_map(net.window_size, device=image.device)
+
+        def fallback(a: int, b: int) -> torch.Tensor:  # the upsampled global logits, one slab
+            return resize_linear_window(global_logits, spatial, (a, *[0] * (len(spatial) - 1)),
+                                        (b - a, *spatial[1:]))[0]
+
+        def windows():  # as forward_infer: local pass, global crop, learned merge, one window at a time
+            for start in starts:
+                local = net._local(crop_window(image, start, net.window_size))
+                global_crop = resize_linear_window(global_logits, spatial, start, net.window_size)
+                yield start, net.aggregator(local, global_crop)[0]
+
+        merge_pass_into(total, window_weights(spatial, starts, importance), fallback, windows(), importance,
+                        flip_axes)
+        return len(starts)
+
+    @torch.no_grad()
     def predict(self, predictor, data):
         net = nmsw_network(predictor, self.name)
         settings = nmsw_predictor_settings(predictor)
@@ -94,17 +141,24 @@ class NMSWStrategy(InferenceStrategy):
         image = padded[None].to(predictor.device)
         variants = [(), *mirror_axes_combinations(predictor.mirror_axes)]
         run, total = NMSWRun(), None
+        if self.compact and predictor.accumulate_dtype != torch.float32:
+            total = torch.zeros((net.num_classes, *image.shape[2:]), dtype=predictor.accumulate_dtype,
+                                device=image.device)
         with predictor.window_progress(len(variants)) as progress:
             for axes in variants:
-                logits, windows = self.infer(net, torch.flip(image, axes) if axes else image)
-                logits = torch.flip(logits, axes) if axes else logits
-                total = logits.float() if total is None else total.add_(logits)
+                flipped = torch.flip(image, axes) if axes else image
+                windows = None if total is None or total.dtype == torch.float32 \
+                    else self.infer_into(net, flipped, total, tuple(a - 2 for a in axes))
+                if windows is None:  # the network's float32 merge
+                    logits, windows = self.infer(net, flipped)
+                    logits = torch.flip(logits, axes)[0] if axes else logits[0]
+                    total = logits.float() if total is None else total.add_(logits)
                 run.windows = run.windows or windows
                 run.network_inputs += windows
                 run.network_passes += windows + 1
                 run.global_passes += 1
                 progress.update()
-        logits = total[0].div_(len(variants)) if len(variants) > 1 else total[0]
+        logits = total.div_(len(variants)) if len(variants) > 1 else total
         return logits[(slice(None), *revert[1:])], run
 
 
@@ -123,6 +177,10 @@ class NMSWTopK(NMSWStrategy):
         out = net.forward_infer(image, k=self.settings["k"], strategy="nmsw")
         return out["logits"], len(out["window_starts"][0])
 
+    def window_starts(self, net, glob):  # forward_infer's choice for strategy="nmsw"
+        k = net.k_infer if self.settings["k"] is None else int(self.settings["k"])
+        return [glob["starts"][n] for n in topk_indices(glob["masked_scores"], k)[0].tolist()]
+
 
 @register_strategy
 class RandomForeground(NMSWStrategy):
@@ -140,12 +198,18 @@ class RandomForeground(NMSWStrategy):
         out = net.forward_infer(image, k=self.settings["k"], strategy="random_fg", generator=self._generator)
         return out["logits"], len(out["window_starts"][0])
 
+    def window_starts(self, net, glob):  # forward_infer's choice for strategy="random_fg"
+        k = net.k_infer if self.settings["k"] is None else int(self.settings["k"])
+        indices = random_foreground_indices(glob["foreground"], k, self._generator)
+        return [glob["starts"][n] for n in indices[0].tolist()]
+
 
 @register_strategy
 class Zoom(NMSWStrategy):
     """One window-sized local pass per foreground class's bounding box of the global prediction."""
 
     name = "zoom"
+    compact = False  # boxes of any size, resized back: merged in float32
 
     def infer(self, net, image):
         out = zoom_infer(net, image)
@@ -160,3 +224,6 @@ class GlobalOnly(NMSWStrategy):
 
     def infer(self, net, image):
         return global_only_infer(net, image)["logits"], 0
+
+    def window_starts(self, net, glob):  # no window: the upsampled global logits everywhere
+        return []

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def run_windows(predictor: EfficientPredictor, data: torch.Tensor, slicers: list,
-                mirroring: bool = True) -> tuple[torch.Tensor, WindowRun]:
+                mirroring: bool = True, out: torch.Tensor | None = None) -> tuple[torch.Tensor, WindowRun]:
     """Evaluate ``slicers`` of ``data`` the way ``nnUNetPredictor`` does, batched.
 
     ``mirroring=False`` switches the predictor's mirroring TTA off for this call (cheap passes).
+    ``out``: logits of an earlier pass to refine in place where ``slicers`` cover (see
+    :func:`~nnunet_efficient.sampling.sliding_window.sliding_window_logits`); they stay where they are.
 
     The grid, Gaussian (σ = patch/8, peak 10, float16) and float16 aggregation buffers are
     nnU-Net's, so with the same slicers the logits equal ``nnUNetPredictor``'s. As in nnU-Net,
@@ -38,8 +40,10 @@ def run_windows(predictor: EfficientPredictor, data: torch.Tensor, slicers: list
                 predictor.label_manager.num_segmentation_heads, importance,
                 batch_size=predictor.sw_batch_size, mirror_axes=predictor.mirror_axes if mirroring else None,
                 device=predictor.device, results_device=results_device,
-                accumulate_dtype=predictor.accumulate_dtype, on_window=progress.update)
+                accumulate_dtype=predictor.accumulate_dtype, on_window=progress.update, out=out)
 
+    if out is not None:
+        return attempt(out.device)
     if not on_device:
         return attempt(torch.device("cpu"))
     try:

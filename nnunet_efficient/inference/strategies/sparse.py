@@ -3,7 +3,8 @@
 A guide pass evaluates nnU-Net's grid at step 1.0 (windows side by side) without mirroring.
 Its foreground voxels, grown by ``--sparse_margin`` voxels, form the hot region; the windows of
 the requested grid (``-step_size``) that overlap it are evaluated again with the requested
-mirroring and merged with nnU-Net's Gaussian. Inside the hot region the logits equal
+mirroring and merged with nnU-Net's Gaussian, in place in the guide's buffer (one full-size
+logits buffer in all, as for ``sliding_window``). Inside the hot region the logits equal
 ``sliding_window``'s; where only some selected windows reach, they are those windows' Gaussian
 aggregation; everywhere else the guide's logits are kept. See
 :mod:`nnunet_efficient.sampling.sparse`.
@@ -21,7 +22,7 @@ import torch
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.inference.strategies.base import InferenceStrategy, StrategyOption, register_strategy
 from nnunet_efficient.inference.strategies.sliding_window import run_windows
-from nnunet_efficient.sampling.sparse import grow_mask, merge_sparse, windows_overlapping
+from nnunet_efficient.sampling.sparse import grow_mask, windows_overlapping
 
 GUIDE_STEP = 1.0
 
@@ -104,6 +105,7 @@ class Sparse(InferenceStrategy):
                   f"{selection.fine_windows}/{selection.candidate_windows} windows at full quality")
         if not fine_slicers:
             return guide, run
-        fine, fine_run = run_windows(predictor, data, fine_slicers)
+        # the guide's logits are replaced wherever a fine window lands: merge_sparse's result, in place
+        _, fine_run = run_windows(predictor, data, fine_slicers, out=guide)
         run += fine_run
-        return merge_sparse(guide, fine, fine_slicers), run
+        return guide, run

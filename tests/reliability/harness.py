@@ -1,0 +1,277 @@
+"""Helpers of the reliability catalogue: running commands, recording what they said, tiny models.
+
+Every case runs a real ``nnunet-efficient`` command in its own process: through the fork server
+of ``command_server.py`` (imports paid once), or as the console script itself where a cold start
+matters.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import torch
+from conftest import dataset_json, tiny_plans
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SCRIPT = Path(sys.executable).with_name("nnunet-efficient")
+LABELS = {"background": 0, "a": 1, "b": 2}
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+class CommandServer:
+    """Client of ``command_server.py``: ``run`` a command and wait, or ``start`` it and ``wait`` later."""
+
+    def __init__(self, env: dict[str, str], logs: Path):
+        self.logs = logs
+        self.counter = 0
+        self.log = open(logs / "server.log", "w")
+        self.process = subprocess.Popen([sys.executable, str(HERE / "command_server.py")], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=REPO)
+        ready = self.process.stdout.readline()
+        if not ready:
+            raise RuntimeError(f"command server did not start, see {logs / 'server.log'}")
+        self.started: dict[int, tuple[list[str], Path, Path, float]] = {}
+
+    def _ask(self, request: dict) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def start(self, argv, cwd: Path | None = None, env: dict | None = None, max_file_bytes: int | None = None) -> int:
+        self.counter += 1
+        out, err = self.logs / f"{self.counter:03d}.out", self.logs / f"{self.counter:03d}.err"
+        argv = [str(a) for a in argv]
+        pid = self._ask({"op": "start", "argv": argv, "cwd": str(cwd or REPO), "env": env or {},
+                         "stdout": str(out), "stderr": str(err), "max_file_bytes": max_file_bytes})["pid"]
+        self.started[pid] = (argv, out, err, time.perf_counter())
+        return pid
+
+    def wait(self, pid: int) -> Result:
+        code = self._ask({"op": "wait", "pid": pid})["returncode"]
+        argv, out, err, start = self.started.pop(pid)
+        return Result(argv, code, out.read_text(), err.read_text(), time.perf_counter() - start)
+
+    def run(self, argv, **kwargs) -> Result:
+        return self.wait(self.start(argv, **kwargs))
+
+    def close(self):
+        self.process.kill()  # nothing to clean up; a polite exit would spend seconds tearing torch down
+        self.process.wait()
+        self.log.close()
+
+
+def run_console_script(argv, env: dict[str, str], cwd: Path | None = None, timeout: float = 300) -> Result:
+    """``nnunet-efficient ARGV`` as a fresh process (its own imports)."""
+    argv = [str(a) for a in argv]
+    start = time.perf_counter()
+    done = subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, env=env, cwd=cwd or REPO,
+                          timeout=timeout)
+    return Result(argv, done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- the catalogue's record
+
+
+@dataclass
+class Observation:
+    case: str
+    command: str
+    situation: str
+    expected: str
+    returncode: int
+    message: str
+
+
+#: the predict flags most cases share, shown as "…" in the table
+COMMON_PREDICT_FLAGS = "-f 0 -device cpu --disable_progress_bar --disable_tta -npp 0 -nps 0"
+MODEL_NAMES = {"one/nnUNetTrainer__nnUNetPlansTiny__3d_fullres": "$MODEL",
+               "two/nnUNetTrainer__nnUNetPlansTiny__3d_fullres": "$MODEL_2CH",
+               "2d/nnUNetTrainer__nnUNetPlansTiny__2d": "$MODEL_2D",
+               "nmsw/nnUNetTrainerNMSW__nnUNetPlansTiny__3d_nmsw": "$MODEL_NMSW"}
+
+
+@dataclass
+class Catalogue:
+    workspace: Path
+    temporary: Path
+    observations: list[Observation] = field(default_factory=list)
+
+    def shorten(self, text: str) -> str:
+        for folder, name in MODEL_NAMES.items():
+            text = text.replace(f"{self.workspace}/models/{folder}", name)
+        text = re.sub(re.escape(str(self.temporary)) + r"/[^/\s]+", "$TMP", text)
+        text = text.replace(str(self.workspace), "$WS").replace(str(REPO) + "/", "")
+        return re.sub(r"pid \d+", "pid N", text)
+
+    def record(self, case: str, situation: str, result: Result, expected: str = "one line, exit 1",
+               message: str | None = None) -> None:
+        command = " ".join(["nnunet-efficient", *result.argv]).replace(COMMON_PREDICT_FLAGS, "…")
+        last = message if message is not None else (result.error_lines[-1] if result.error_lines else "")
+        self.observations.append(Observation(case, self.shorten(command), situation, expected, result.returncode,
+                                             self.shorten(last)))
+
+    def markdown(self) -> str:
+        lines = ["| # | case | situation | command | expected | exit | observed message |",
+                 "|---|---|---|---|---|---|---|"]
+        for i, o in enumerate(self.observations, 1):
+            cells = [str(i), o.case, o.situation, f"`{o.command}`", o.expected, str(o.returncode),
+                     o.message.replace("|", "\\|")]
+            lines.append("| " + " | ".join(c.replace("\n", " ") for c in cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+DOC_HEADER = """# Reliability catalogue
+
+Bad inputs and faults, each driven through a real `nnunet-efficient` command in its own process
+(`tests/reliability/`), with the message the command printed. Generated by
+
+```bash
+NNUNET_EFFICIENT_RELIABILITY_DOC=docs/reliability.md pytest tests/reliability
+```
+
+which rewrites this file from the observations of that run, in test order. "one line, exit 1"
+means: exactly one line on stderr naming the file or argument and the problem, exit status 1, and
+no output file left behind (nor a staging folder or lock); the tests assert all three. Cases run
+in children of a fork server that has imported torch and nnU-Net once
+(`tests/reliability/command_server.py`: each child does what the console script does, with its
+own stdout, stderr, exit status and signals), except the one marked *console script*, which
+starts `nnunet-efficient` afresh and is checked to answer identically.
+
+In the commands, `…` stands for `-f 0 -device cpu --disable_progress_bar --disable_tta -npp 0 -nps 0`; `$TMP` is the
+test's temporary folder, `$WS` the session's workspace (`nnUNet_raw`, `nnUNet_preprocessed` and
+the models live there); `$MODEL` is an untrained 1-channel, 3-class 3D model (window 40×56×40),
+`$MODEL_2CH` a 2-channel one, `$MODEL_2D` one trained on 2D images, `$MODEL_NMSW` an NMSW model.
+Images are the shipped Hippocampus sample (`examples/`) unless the situation says otherwise.
+
+"""
+
+
+# ---------------------------------------------------------------- workspace and models
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), flip_x=False):
+    """An ``(X, Y, Z)``-ordered NIfTI written with nibabel (keeps NaN/Inf, any dimensionality)."""
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    if flip_x:
+        affine[0, 0] = -affine[0, 0]
+    nibabel.save(nibabel.Nifti1Image(np.asarray(array, dtype=np.float32), affine), str(path))
+
+
+def two_d_plans() -> dict:
+    """Plans of a model trained on 2D images: nnU-Net's fake first axis (spacing 999) and a 2d configuration."""
+    plans = tiny_plans((32, 32, 32), 1, features=(4, 8))
+    config = plans["configurations"].pop("3d_fullres")
+    arch = config["architecture"]["arch_kwargs"]
+    arch.update(conv_op="torch.nn.modules.conv.Conv2d", norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
+                kernel_sizes=[[3, 3]] * 2, strides=[[1, 1], [2, 2]])
+    config.update(patch_size=[32, 32], median_image_size_in_voxels=[32, 32], spacing=[1.0, 1.0],
+                  data_identifier="nnUNetPlansTiny_2d")
+    plans["configurations"]["2d"] = config
+    plans["original_median_spacing_after_transp"] = [999.0, 1.0, 1.0]
+    plans["original_median_shape_after_transp"] = [1, 32, 32]
+    return plans
+
+
+def write_2d_model(folder: Path) -> Path:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans, dataset = two_d_plans(), dataset_json(1, LABELS)
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    manager = PlansManager(plans)
+    torch.manual_seed(0)
+    network = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 1, 3,
+                                                       enable_deep_supervision=False)
+    (folder / "fold_0").mkdir()
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def nmsw_plans() -> dict:
+    """Tiny plans with a 3d_nmsw configuration as nnUNetPlannerNMSW writes it."""
+    plans = tiny_plans((16, 16, 16), 1, features=(4, 8))
+    architecture = copy.deepcopy(plans["configurations"]["3d_fullres"]["architecture"])
+    plans["configurations"]["3d_nmsw"] = {"inherits_from": "3d_fullres", "nmsw": {
+        "volume_shape": [24, 24, 24], "global_shape": [12, 12, 12], "global_architecture": architecture,
+        "step": 0.5, "k_train": 4, "k_infer": 3, "batch_size": 1}}
+    return plans
+
+
+def write_nmsw_model(folder: Path) -> Path:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_efficient.training.nmsw import nnUNetTrainerNMSW
+
+    plans, dataset = nmsw_plans(), dataset_json(1, LABELS)
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    manager = PlansManager(plans)
+    torch.manual_seed(0)
+    network = nnUNetTrainerNMSW.build_network_architecture(manager, manager.get_configuration("3d_nmsw"), 1, 3)
+    (folder / "fold_0").mkdir()
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerNMSW",
+                "init_args": {"configuration": "3d_nmsw"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def write_preprocessed_dataset(workspace: Path, dataset_id: int, name: str, cases: int = 2) -> Path:
+    """A raw dataset and its preprocessed 3d_fullres data as nnU-Net's preprocessing would leave them."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    full = f"Dataset{dataset_id:03d}_{name}"
+    raw = workspace / "raw" / full
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    rng = np.random.default_rng(dataset_id)
+    for i in range(cases):
+        write_image(raw / "imagesTr" / f"case{i}_0000.nii.gz", rng.normal(size=(20, 24, 16)))
+        write_image(raw / "labelsTr" / f"case{i}.nii.gz", rng.integers(0, 3, size=(20, 24, 16)))
+    dataset = dataset_json(1, LABELS) | {"numTraining": cases}
+    (raw / "dataset.json").write_text(json.dumps(dataset))
+    pre = workspace / "preprocessed" / full
+    data = pre / "nnUNetPlansTiny_3d_fullres"
+    data.mkdir(parents=True)
+    plans = tiny_plans((16, 16, 16), 1, features=(4, 8)) | {"dataset_name": full}
+    (pre / "nnUNetPlansTiny.json").write_text(json.dumps(plans))
+    (pre / "dataset.json").write_text(json.dumps(dataset))
+    for i in range(cases):
+        seg = rng.integers(0, 3, size=(1, 16, 24, 20)).astype(np.int8)
+        properties = {"spacing": [1.0, 1.0, 1.0], "class_locations": {1: [], 2: []}}
+        nnUNetDatasetBlosc2.save_case(rng.normal(size=(1, 16, 24, 20)).astype(np.float32), seg, properties,
+                                      str(data / f"case{i}"))
+    return pre
+
+
+def left_behind(folder: Path) -> list[str]:
+    """What a failed run left in an output folder (nothing when the folder does not exist)."""
+    return sorted(os.listdir(folder)) if folder.exists() else []
