@@ -272,6 +272,8 @@ class Comparison:
         trainer_name = record["trainer_name"]
         folder = os.path.join(model_folder(self.dataset_name, trainer_name, entry), f"fold_{self.fold}")
         if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")) and "training" in record:
+            if "epoch_seconds" not in record["training"]:  # state written before epoch times were recorded
+                self._update(entry, training={**record["training"], "epoch_seconds": epoch_seconds(folder)})
             self._progress(index, entry, f"trained already ({trainer_name})")
             return trainer_name
         resume = os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
@@ -285,10 +287,11 @@ class Comparison:
         if self.device == "cpu":  # train with the threads the budget was timed with, not one per core
             command += ["--torch_threads", str(timing["torch_threads"])]
         if not os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
-            self._update(entry, training=self._run(f"{entry.label}: training", command + (["--c"] if resume else []),
-                                                   log_file))
-        else:  # trained by an earlier run whose state was lost: nothing to measure, nothing to redo
-            self._update(entry, training={"wall_seconds": None, "peak_rss_mib": None})
+            run = self._run(f"{entry.label}: training", command + (["--c"] if resume else []), log_file)
+            self._update(entry, training={**run, "epoch_seconds": epoch_seconds(folder)})
+        else:  # trained by an earlier run whose state was lost: only nnU-Net's own epoch times are left
+            self._update(entry, training={"wall_seconds": None, "peak_rss_mib": None,
+                                          "epoch_seconds": epoch_seconds(folder)})
         return trainer_name
 
     def ensure_predicted(self, index: int, entry: Entry, trainer_name: str) -> dict:
@@ -336,7 +339,8 @@ def table_row(entry: Entry, record: dict, timing: dict, prediction: dict, budget
     """One flat row of the comparison table."""
     windows = prediction.get("windows") or float("nan")
     training = record.get("training") or {}
-    wall = training.get("wall_seconds")
+    # nnU-Net's epoch times add up over interrupted and resumed runs; the last process's wall time does not
+    wall = training.get("epoch_seconds", training.get("wall_seconds"))
     row = {
         "entry": entry.label, "trainer": entry.trainer, "plans": entry.plans, "configuration": entry.configuration,
         "budget": budget.key, "schedule": record["trainer_name"], "iterations": record["iterations"],
@@ -358,6 +362,23 @@ def table_row(entry: Entry, record: dict, timing: dict, prediction: dict, budget
     return row
 
 
+def epoch_seconds(fold_folder: str) -> float | None:
+    """Wall seconds of all training epochs of a finished fold, from nnU-Net's log in ``checkpoint_final.pth``.
+
+    nnU-Net keeps every epoch's start and end time in the checkpoint and carries them over when a
+    training resumes with ``--c``, so this is the whole training however often it was interrupted
+    (validation and start-up not included). None when the checkpoint holds no such log.
+    """
+    import torch
+
+    checkpoint = torch.load(os.path.join(fold_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    logging = checkpoint.get("logging") or {}
+    starts, ends = logging.get("epoch_start_timestamps"), logging.get("epoch_end_timestamps")
+    if not starts or not ends:
+        return None
+    return float(sum(end - start for start, end in zip(starts, ends)))
+
+
 def _fmt(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -367,7 +388,7 @@ def _fmt(value: Any, spec: str) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison as a Markdown table, first entry as the reference for the Dice difference."""
     dice_keys = [k for k in rows[0] if k.startswith("dice_")] if rows else []
-    header = (["entry", "iterations", "params (M)", "GMACs/window", "train s/iter", "training min"]
+    header = (["entry", "iterations", "params (M)", "GMACs/window", "train s/iter", "training wall min"]
               + [f"Dice {k[5:]}" for k in dice_keys]
               + ["mean Dice", "Δ pts", "predict s/case", "peak predict MiB", "peak train MiB"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
@@ -397,7 +418,7 @@ def write_compare_report(rows: Sequence[dict[str, Any]], output: str, title: str
     os.replace(paths["markdown"] + ".tmp", paths["markdown"])
     points = [{"label": r["trainer"], "total_seconds": r["predict_seconds_per_case"], "mean_dice": r["mean_dice"],
                "is_baseline": i == 0} for i, r in enumerate(rows)]
-    plot_pareto(points, paths["png"], title=title.lstrip("# ").split("\n")[0][:90] or "Dice vs seconds per case")
+    plot_pareto(points, paths["png"], title=title.lstrip("# ").split("\n")[0] or "Dice vs seconds per case")
     return paths
 
 

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import tempfile
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -344,7 +345,8 @@ def plot_pareto(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike,
         ax.set_xscale("log")
     ax.set_xlabel("mean wall time per case (s, log)")
     ax.set_ylabel("mean Dice")
-    ax.set_title(title)
+    # long titles (dataset, budget, images) wrap instead of running off the figure
+    ax.set_title(textwrap.fill(title, 80), **({"fontsize": 9} if len(title) > 80 else {}))
     ax.grid(True, which="both", alpha=0.3)
     if len(front) > 1:
         ax.legend(loc="lower right", fontsize=8)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from nnunet_efficient.benchmark.compare import (
     Budget,
     Entry,
+    epoch_seconds,
     markdown_table,
     schedule_trainer_name,
     write_compare_report,
@@ -77,3 +79,12 @@ def test_report_files(tmp_path):
         assert [r["trainer"] for r in csv.DictReader(f)] == ["nnUNetTrainer", "nnUNetTrainerUXNet"]
     assert open(paths["markdown"]).read().startswith("# test\n")
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_epoch_seconds_add_up_nnunet_epoch_times_over_resumed_runs(tmp_path):
+    # nnU-Net's checkpoint logging as a run resumed with --c leaves it: one start and end per epoch
+    logging = {"epoch_start_timestamps": [100.0, 160.0, 5000.0], "epoch_end_timestamps": [150.0, 230.0, 5030.0]}
+    torch.save({"network_weights": {}, "logging": logging}, tmp_path / "checkpoint_final.pth")
+    assert epoch_seconds(str(tmp_path)) == pytest.approx(150.0)
+    torch.save({"network_weights": {}}, tmp_path / "checkpoint_final.pth")
+    assert epoch_seconds(str(tmp_path)) is None

@@ -128,6 +128,7 @@ def test_compare_writes_its_table_and_resumes_without_retraining(workspace):
     assert row["schedule"] == "nnUNetTrainerUXNet_1epochs_2iters" and int(row["n_cases"]) == 2
     assert float(row["gmacs_per_window"]) > 0 and float(row["train_seconds_per_iteration"]) > 0
     assert 0 <= float(row["mean_dice"]) <= 1 and int(row["parameters"]) > 0
+    assert float(row["training_minutes"]) > 0  # nnU-Net's epoch times, read back from the checkpoint
     assert (work / "compare" / "compare.png").stat().st_size > 0
     checkpoint = (work / "res" / DATASET / "nnUNetTrainerUXNet_1epochs_2iters__nnUNetPlansUXNetCPU__3d_fullres"
                   / "fold_0" / "checkpoint_final.pth")
