@@ -12,7 +12,8 @@ Variants are written ``STRATEGY[:KEY=VALUE[,KEY=VALUE...]]``:
 - a strategy option, by its flag without dashes, optionally without the strategy's name as
   prefix (``sparse:margin=8`` = ``sparse:sparse_margin=8``; ``nmsw:k=5``);
 - ``tta=0``/``tta=1``: mirroring off/on for this variant (default: on unless ``--disable_tta``);
-- ``step=S``: the sliding-window step of this variant (default: ``-step_size``);
+- ``step=S``: the sliding-window step of this variant (default: ``-step_size``); ``step=auto``: the
+  step recommended by the model's patch-performance maps (``-step_size auto`` in ``predict``);
 - ``bf16=0``/``bf16=1``: bfloat16 autocast on the CPU off/on (default: off unless ``--cpu_bf16``).
 
 Example: ``sliding_window sliding_window:tta=0 sparse sparse:tta=0,margin=0 nmsw:k=1 nmsw:k=5``.
@@ -72,14 +73,15 @@ class Variant:
         strategy: registered strategy name.
         options: strategy options given in the variant (option ``dest`` → typed value).
         tta: mirroring for this variant, or None for the benchmark's default.
-        step: sliding-window step for this variant, or None for the benchmark's default.
+        step: sliding-window step for this variant, ``"auto"`` (the model's recommendation), or None for
+            the benchmark's default.
         bf16: bfloat16 autocast on the CPU for this variant, or None for the benchmark's default.
     """
 
     strategy: str
     options: Mapping[str, Any] = field(default_factory=dict)
     tta: bool | None = None
-    step: float | None = None
+    step: float | str | None = None
     bf16: bool | None = None
 
     @classmethod
@@ -104,10 +106,12 @@ class Variant:
                 tta = _parse_bool(value, what)
             elif key == "bf16":
                 bf16 = _parse_bool(value, what)
+            elif key == "step" and value == "auto":
+                step = value
             elif key == "step":
                 step = _parse_float(value, what)
                 if not 0 < step <= 1:
-                    raise EfficientError(f"{what} must be in (0, 1], got {value}")
+                    raise EfficientError(f"{what} must be in (0, 1] or auto, got {value}")
             elif (option := _option_for(name, key)) is not None:
                 if option.type is bool:
                     options[option.dest] = _parse_bool(value, what)
@@ -191,15 +195,17 @@ class Benchmark:
     """Runs variants over cases with one loaded model; see :func:`run_benchmark`."""
 
     def __init__(self, model_folder: str, folds: Sequence[int | str], device: torch.device,
-                 use_mirroring: bool = True, step_size: float = 0.5, batch_size: int = 1,
+                 use_mirroring: bool = True, step_size: float | str = 0.5, batch_size: int = 1,
                  checkpoint_name: str = "checkpoint_final.pth", cpu_bf16: bool = False):
-        if not 0 < step_size <= 1:
-            raise EfficientError(f"-step_size must be in (0, 1], got {step_size}")
+        if step_size != "auto" and not 0 < step_size <= 1:
+            raise EfficientError(f"-step_size must be in (0, 1] or auto, got {step_size}")
         if batch_size < 1:
             raise EfficientError(f"--batch_size must be >= 1, got {batch_size}")
         self.use_mirroring, self.step_size, self.cpu_bf16, self.device = use_mirroring, step_size, cpu_bf16, device
         # window progress bars would fight with the benchmark's own bar
-        self.predictor = _RecordingPredictor(tile_step_size=step_size, use_mirroring=use_mirroring, device=device,
+        self.model_folder, self.folds, self.auto_step = model_folder, list(folds), None
+        self.predictor = _RecordingPredictor(tile_step_size=0.5 if step_size == "auto" else step_size,
+                                            use_mirroring=use_mirroring, device=device,
                                             allow_tqdm=False, sw_batch_size=batch_size)
         self.predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
         if self.predictor.configuration_manager.previous_stage_name is not None:
@@ -237,10 +243,20 @@ class Benchmark:
             out.append((case, files, ref))
         return out
 
+    def resolve_auto_step(self) -> float:
+        """The step ``auto`` stands for (the model's patch-performance recommendation); prints why, once."""
+        if self.auto_step is None:
+            from nnunet_efficient.patch_performance.files import resolve_auto_step
+
+            self.auto_step, message = resolve_auto_step(self.model_folder, self.folds)
+            print(message)
+        return self.auto_step
+
     def configure(self, variant: Variant, strategy: InferenceStrategy) -> None:
         self.predictor.strategy = strategy
         self.predictor.use_mirroring = self.use_mirroring if variant.tta is None else variant.tta
-        self.predictor.tile_step_size = self.step_size if variant.step is None else variant.step
+        step = self.step_size if variant.step is None else variant.step
+        self.predictor.tile_step_size = self.resolve_auto_step() if step == "auto" else step
         self.predictor.cpu_bf16 = self.cpu_bf16 if variant.bf16 is None else variant.bf16
 
     def count_macs(self, files: Sequence[str]) -> int:
@@ -310,7 +326,7 @@ class Benchmark:
 
 def run_benchmark(images: str, reference: str, model_folder: str, output: str, variants: Sequence[Variant],
                   folds: Sequence[int | str] = (0,), device: torch.device = torch.device("cpu"),
-                  use_mirroring: bool = True, step_size: float = 0.5, batch_size: int = 1, repeat: int = 1,
+                  use_mirroring: bool = True, step_size: float | str = 0.5, batch_size: int = 1, repeat: int = 1,
                   checkpoint_name: str = "checkpoint_final.pth", cpu_bf16: bool = False,
                   strategy_defaults: Mapping[str, Any] | None = None,
                   warmup: bool = True, progress: bool = True, command: str | None = None) -> dict[str, str]:
@@ -325,7 +341,7 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
         folds: folds to ensemble.
         device: inference device.
         use_mirroring: default mirroring TTA (a variant's ``tta`` overrides it).
-        step_size: default sliding-window step (a variant's ``step`` overrides it).
+        step_size: default sliding-window step, or ``"auto"`` (a variant's ``step`` overrides it).
         batch_size: windows per network call.
         repeat: timed passes per case and variant; stage times and memory are their medians (MACs
             come from one extra untimed pass before them).
@@ -356,6 +372,8 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
             raise EfficientError(f"--strategies: variant {name} is listed twice")
     bench = Benchmark(model_folder, folds, device, use_mirroring, step_size, batch_size, checkpoint_name, cpu_bf16)
     cases = bench.cases(images, reference)
+    if step_size == "auto" or any(v.step == "auto" for v in variants):
+        bench.resolve_auto_step()  # before the first timed pass, so the message is not inside the progress bar
     check_output_folder(output)
     folders = [os.path.join(output, name) for name in names]
     for folder in folders:
@@ -400,7 +418,8 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     settings = {
         "command": command, "images": os.path.abspath(images), "reference": os.path.abspath(reference),
         "model_folder": os.path.abspath(model_folder), "folds": list(folds), "checkpoint": checkpoint_name,
-        "tta_default": use_mirroring, "step_size_default": step_size, "cpu_bf16_default": cpu_bf16,
+        "tta_default": use_mirroring, "step_size_default": step_size, "auto_step": bench.auto_step,
+        "cpu_bf16_default": cpu_bf16,
         "batch_size": batch_size, "repeat": repeat, "warmup": warmup, "variants": names,
         "machine": _machine(device),
     }

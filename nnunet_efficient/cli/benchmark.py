@@ -10,12 +10,13 @@ NAME = "benchmark"
 VARIANT_HELP = (
     "Strategy variants to compare, each STRATEGY[:KEY=VALUE[,KEY=VALUE...]]. KEY is a strategy option "
     "without dashes (the strategy-name prefix may be dropped: sparse:margin=8), or tta=0/1 (mirroring "
-    "for this variant), step=S (its sliding-window step) or bf16=0/1 (bfloat16 autocast on the CPU). "
+    "for this variant), step=S or step=auto (its sliding-window step) or bf16=0/1 (bfloat16 autocast on the CPU). "
     "Example: sliding_window sliding_window:tta=0 sparse nmsw:k=1 nmsw:k=5. The first sliding_window variant "
     "is the baseline. Default: sliding_window sparse")
 
 
 def add_parser(subparsers) -> None:
+    from nnunet_efficient.cli.predict import STEP_SIZE_HELP, step_size_argument
     from nnunet_efficient.inference.strategies import STRATEGIES
 
     p = subparsers.add_parser(
@@ -30,8 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("-device", default="cpu", choices=("cuda", "cpu", "mps"), help="Default: cpu")
     p.add_argument("--strategies", nargs="+", default=("sliding_window", "sparse"), metavar="VARIANT",
                    help=VARIANT_HELP)
-    p.add_argument("-step_size", type=float, default=0.5,
-                   help="sliding-window step as a fraction of the patch (0 < s <= 1). Default: 0.5")
+    p.add_argument("-step_size", type=step_size_argument, default=0.5, help=STEP_SIZE_HELP)
     p.add_argument("--disable_tta", action="store_true", help="no mirroring unless a variant says tta=1")
     p.add_argument("--batch_size", type=int, default=1, help="windows per network call. Default: 1")
     p.add_argument("--cpu_bf16", action="store_true", help="bfloat16 autocast on the CPU unless a variant says bf16=0")

@@ -1,8 +1,9 @@
 """``nnunet-efficient predict``: nnUNetv2_predict's arguments (or ``-m MODEL_FOLDER``), plus
-``--strategy``, ``--batch_size`` and the strategies' options."""
+``--strategy``, ``--batch_size``, the strategies' options and ``-step_size auto``."""
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 
@@ -12,6 +13,21 @@ NAME = "predict"
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def step_size_argument(text: str) -> float | str:
+    """``-step_size``: a number, or ``auto`` (the model's patch-performance recommendation)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got '{text}'") from None
+
+
+STEP_SIZE_HELP = ("sliding-window step as a fraction of the patch (0 < s <= 1), or 'auto': the step recommended by "
+                  "the model's patch-performance map (fold_X/patch_performance.json; nnU-Net's 0.5 without one). "
+                  "Default: 0.5")
 
 
 def add_nnunet_predict_arguments(p) -> None:
@@ -25,8 +41,7 @@ def add_nnunet_predict_arguments(p) -> None:
     p.add_argument("-m", help="trained model folder (TRAINER__PLANS__CONFIG); replaces -d/-tr/-p/-c")
     p.add_argument("-f", nargs="+", default=("0", "1", "2", "3", "4"),
                    help="folds to ensemble. Default: 0 1 2 3 4")
-    p.add_argument("-step_size", type=float, default=0.5,
-                   help="sliding-window step as a fraction of the patch (0 < s <= 1). Default: 0.5")
+    p.add_argument("-step_size", type=step_size_argument, default=0.5, help=STEP_SIZE_HELP)
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--verbose", action="store_true", help="print more")
     p.add_argument("--save_probabilities", action="store_true", help="also write .npz probabilities")
@@ -96,18 +111,25 @@ def run(args, extra) -> int:
 
     if not 0 <= args.part_id < args.num_parts:
         raise EfficientError(f"-part_id must be between 0 and -num_parts - 1, got {args.part_id}")
-    if not 0 < args.step_size <= 1:
-        raise EfficientError(f"-step_size must be in (0, 1], got {args.step_size}")
+    if args.step_size != "auto" and not 0 < args.step_size <= 1:
+        raise EfficientError(f"-step_size must be in (0, 1] or auto, got {args.step_size}")
     if args.batch_size < 1:
         raise EfficientError(f"--batch_size must be >= 1, got {args.batch_size}")
     model_folder = resolve_model_folder(args)
     folds = [f if f == "all" else int(f) for f in args.f]
+    # with auto, the step is read from the model folder once the predictor has checked that folder
+    step_size = 0.5 if args.step_size == "auto" else args.step_size
     predictor = EfficientPredictor(
-        tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
+        tile_step_size=step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
         perform_everything_on_device=not args.not_on_device, device=select_device(args.device),
         verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar,
         strategy=STRATEGIES[args.strategy].from_args(args), sw_batch_size=args.batch_size, cpu_bf16=args.cpu_bf16)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+    if args.step_size == "auto":
+        from nnunet_efficient.patch_performance.files import resolve_auto_step
+
+        predictor.tile_step_size, message = resolve_auto_step(model_folder, folds)
+        print(message)
     try:
         if args.npp == 0 and args.nps == 0:
             if args.num_parts != 1:
