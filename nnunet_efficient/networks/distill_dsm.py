@@ -70,6 +70,9 @@ __all__ = ["ConvBlock2d", "DepthShiftModule", "DistillDSMUNet", "depth_shift", "
 #: The paper's share of channels in the depth shift module (the released code behaves like 1).
 DEFAULT_ALPHA = 0.5
 
+# torch.export (and the ONNX exporter built on it) since torch 2.5; older releases only trace
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
 
 def shifted_channels(channels: int, alpha: float) -> int:
     """Channels ``s`` a DSM mixes: ``alpha * channels`` rounded down to a multiple of 4.
@@ -335,7 +338,7 @@ class DistillDSMUNet(nn.Module):
             ``n_stages - 1`` logits, full resolution first, level ``l`` downsampled in-plane by
             ``prod(strides[0..l])`` (nnU-Net's convention; the depth keeps its size).
         """
-        if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):  # shapes are symbolic there
+        if not (torch.jit.is_tracing() or _is_exporting()):  # shapes are symbolic there
             if x.ndim != 5 or any(n % t for n, t in zip(x.shape[2:], self.total_stride)):
                 raise EfficientError(f"{type(self).__name__}: input {tuple(x.shape)} must be (B, C, X, Y, Z) with "
                                      f"X, Y, Z divisible by {list(self.total_stride)}")

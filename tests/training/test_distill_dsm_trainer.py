@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import dataset_json, tiny_plans
 
+from nnunet_efficient.benchmark.compare import Entry
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.networks.distill_dsm import DistillDSMUNet
 from nnunet_efficient.planners import PLANNERS, planner_for_plans, resolve_planner
@@ -45,7 +46,10 @@ def results(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- planner
 
 
-def test_planners_are_registered_with_their_plans_names():
+def test_planners_are_registered_with_their_plans_names_for_compare():
+    # `nnunet-efficient compare -e nnUNetTrainerDistillDSM:nnUNetPlansDistillDSMCPU` plans with the planner found here
+    entry = Entry.parse("nnUNetTrainerDistillDSM:nnUNetPlansDistillDSMCPU")
+    assert planner_for_plans(entry.plans) is nnUNetPlannerDistillDSMCPU
     assert resolve_planner("nnUNetPlannerDistillDSMCPU") is nnUNetPlannerDistillDSMCPU
     assert PLANNERS["nnUNetPlannerDistillDSM"] is nnUNetPlannerDistillDSM
     assert planner_for_plans("nnUNetPlansDistillDSMCPU") is nnUNetPlannerDistillDSMCPU
