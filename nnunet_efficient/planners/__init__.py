@@ -5,6 +5,7 @@ nnU-Net only looks ``-pl`` names up inside ``nnunetv2``; :func:`resolve_planner`
 """
 
 from nnunet_efficient.planners.cpu_planner import nnUNetPlannerCPU
+from nnunet_efficient.planners.distill_dsm_planner import nnUNetPlannerDistillDSM, nnUNetPlannerDistillDSMCPU
 from nnunet_efficient.planners.nmsw_planner import nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU
 from nnunet_efficient.planners.uxnet_planner import (
     nnUNetPlannerRepUXNet,
@@ -15,7 +16,8 @@ from nnunet_efficient.planners.uxnet_planner import (
 
 PLANNERS = {cls.__name__: cls for cls in (nnUNetPlannerCPU, nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU,
                                           nnUNetPlannerUXNet, nnUNetPlannerUXNetCPU,
-                                          nnUNetPlannerRepUXNet, nnUNetPlannerRepUXNetCPU)}
+                                          nnUNetPlannerRepUXNet, nnUNetPlannerRepUXNetCPU,
+                                          nnUNetPlannerDistillDSM, nnUNetPlannerDistillDSMCPU)}
 
 
 def resolve_planner(name: str) -> type:
@@ -60,6 +62,7 @@ def planner_for_plans(plans_name: str) -> type | None:
     return None
 
 
-__all__ = ["PLANNERS", "default_plans_name", "nnUNetPlannerCPU", "nnUNetPlannerNMSW", "nnUNetPlannerNMSWCPU",
+__all__ = ["PLANNERS", "default_plans_name", "nnUNetPlannerCPU", "nnUNetPlannerDistillDSM",
+           "nnUNetPlannerDistillDSMCPU", "nnUNetPlannerNMSW", "nnUNetPlannerNMSWCPU",
            "nnUNetPlannerRepUXNet", "nnUNetPlannerRepUXNetCPU", "nnUNetPlannerUXNet", "nnUNetPlannerUXNetCPU",
            "planner_for_plans", "resolve_planner"]

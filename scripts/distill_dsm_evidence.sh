@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Evidence for Distill-DSM (issue 14 A, SPEC section 6): `nnunet-efficient compare` on the shared
+# Hippocampus data, nnUNetTrainer (3D U-Net, CPU plans) vs nnUNetTrainerDistillDSM (2.5D U-Net with
+# depth shift modules, alpha = 1/2, CPU plans), at one budget of CPU-minutes of training per entry:
+# parameters, GMACs per window, seconds per iteration and Dice on held-out cases. The paper reports
+# 28 % of a 3D U-Net's parameters at comparable Hippocampus Dice (.8955/.8786 vs .8993/.8847).
+# Results: WORK/distill_dsm/compare.{md,csv,png}.
+#
+# Budget: DSM_MINUTES (default 30) CPU-minutes of training per entry, timed by compare (one thread
+# per training), i.e. about 2 x 30 min of training with 2 jobs on 2 cores, plus planning (~2 min),
+# timing and prediction of the 40 held-out cases (a few minutes). NOT run in CI.
+#
+# Data: ../shared/data/Dataset004_Hippocampus (240 cases, MSD Task04, CC BY-SA 4.0), linked as
+# Dataset204_HippocampusHoldout exactly as scripts/compare_evidence.sh does (first 200 cases sorted
+# by name for training, fold 0 = 192 train / 8 validation, the last 40 held out), so by default
+# both scripts share one work folder: raw data, preprocessed nnUNetPlansCPU data and nnU-Net's
+# results are reused, but this script keeps its own compare state and table (WORK/distill_dsm).
+#
+# Usage: bash scripts/distill_dsm_evidence.sh [WORK_DIR]   (default work_dirs/compare_hippocampus)
+# Environment: DSM_MINUTES (30), DSM_JOBS (2 trainings at once), SHARED_DATA (../shared/data).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$repo/scripts/setup_venv.sh"
+source_data="${SHARED_DATA:-$repo/../shared/data}/Dataset004_Hippocampus"
+[ -d "$source_data" ] || { echo "Hippocampus not found at $source_data (set SHARED_DATA)" >&2; exit 1; }
+work="$(mkdir -p "${1:-$repo/work_dirs/compare_hippocampus}" && cd "${1:-$repo/work_dirs/compare_hippocampus}" && pwd)"
+export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preprocessed" nnUNet_results="$work/nnUNet_results"
+# One thread per training: CPU time then equals the time the training process holds a core.
+export OMP_NUM_THREADS=1 nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"
+dataset="$nnUNet_raw/Dataset204_HippocampusHoldout"
+
+python - "$source_data" "$dataset" <<'PY'
+import json
+import os
+import sys
+
+source, target = sys.argv[1:]
+cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTr")))
+train, test = cases[:200], cases[200:]
+for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+    os.makedirs(os.path.join(target, sub), exist_ok=True)
+for split, names in (("Tr", train), ("Ts", test)):
+    for case in names:
+        for kind, name in (("images", f"{case}_0000.nii.gz"), ("labels", f"{case}.nii.gz")):
+            link = os.path.join(target, kind + split, name)
+            if not os.path.lexists(link):
+                os.symlink(os.path.join(source, kind + "Tr", name), link)
+spec = json.load(open(os.path.join(source, "dataset.json")))
+spec["numTraining"] = len(train)
+json.dump(spec, open(os.path.join(target, "dataset.json"), "w"), indent=1)
+json.dump([{"train": train[:192], "val": train[192:]}], open(os.path.join(target, "splits_final.json"), "w"))
+print(f"{len(train)} training cases, {len(test)} held out: {test[0]} .. {test[-1]}")
+PY
+
+# compare plans and preprocesses nnUNetPlansDistillDSMCPU itself (with nnUNetPlannerDistillDSMCPU) if missing.
+nnunet-efficient compare -d 204 \
+    -e nnUNetTrainer:nnUNetPlansCPU nnUNetTrainerDistillDSM:nnUNetPlansDistillDSMCPU \
+    --minutes "${DSM_MINUTES:-30}" --jobs "${DSM_JOBS:-2}" -f 0 --disable_tta \
+    -i "$dataset/imagesTs" -ref "$dataset/labelsTs" -o "$work/distill_dsm"

@@ -1,0 +1,107 @@
+"""Distill-DSM through the real commands on real Hippocampus cases (../shared/data).
+
+Five training cases (fold 0 validates on one) and two held-out ones are linked into a temporary
+dataset: the plugin's planner, stock ``nnUNetv2_train`` for two iterations, stock
+``nnUNetv2_predict`` and the plugin's ``predict``. (``compare`` is generic over trainers;
+tests/integration/test_uxnet_end_to_end.py runs it.) The network is barely trained: these tests
+check wiring (plans, checkpoints, geometry), not quality; ``scripts/distill_dsm_evidence.sh``
+measures quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import shared_dataset
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+DATASET = "Dataset992_HippocampusDSM"
+PLANS = "nnUNetPlansDistillDSMCPU"
+TRAINER = "nnUNetTrainerDistillDSM_1epochs_2iters"
+
+
+def run(command, env, log):
+    with open(log, "w") as handle:
+        result = subprocess.run([str(c) for c in command], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"{command[0]} failed, see {log}:\n" + Path(log).read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    source = shared_dataset("Dataset004_Hippocampus")
+    work = tmp_path_factory.mktemp("distill_dsm")
+    raw = work / "raw" / DATASET
+    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(source / "labelsTr"))[:7]
+    for kind in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (raw / kind).mkdir(parents=True)
+    for split, names in (("Tr", cases[:5]), ("Ts", cases[5:])):
+        for case in names:
+            (raw / f"images{split}" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
+            (raw / f"labels{split}" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
+    spec = json.loads((source / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**spec, "numTraining": 5}))
+    export = subprocess.run([BIN / "nnunet-efficient", "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
+               nnUNet_results=str(work / "res"), nnUNet_n_proc_DA="1",
+               # nnU-Net's end-of-training validation otherwise starts 8 export workers (torch imports)
+               nnUNet_def_n_proc="1",
+               nnUNet_extTrainer=export.strip().split("=", 1)[1].strip("'"))
+    return work, raw, env
+
+
+@pytest.fixture(scope="module")
+def model(workspace):
+    work, _, env = workspace
+    run([BIN / "nnunet-efficient", "plan_and_preprocess", "-d", "992", "-pl", "nnUNetPlannerDistillDSMCPU", "-c",
+         "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar"], env, work / "plan.log")
+    run([BIN / "nnUNetv2_train", "992", "3d_fullres", "0", "-p", PLANS, "-tr", TRAINER, "-device", "cpu"],
+        env, work / "train.log")
+    return work / "res" / DATASET / f"{TRAINER}__{PLANS}__3d_fullres"
+
+
+def test_planner_writes_distill_dsm_into_the_plans(workspace, model):
+    work, _, _ = workspace
+    configuration = json.loads((work / "pre" / DATASET / f"{PLANS}.json").read_text())["configurations"]["3d_fullres"]
+    architecture = configuration["architecture"]
+    assert architecture["network_class_name"] == "nnunet_efficient.networks.distill_dsm.DistillDSMUNet"
+    kwargs = architecture["arch_kwargs"]
+    # Hippocampus is isotropic: slices along the first axis, which is never pooled
+    assert kwargs["depth_axis"] == 0 and kwargs["alpha"] == 0.5 and kwargs["features_per_stage"][0] == 16
+    assert all(stride[0] == 1 for stride in kwargs["strides"]) and kwargs["strides"][1][1:] == [2, 2]
+
+
+def test_stock_training_writes_a_checkpoint_and_validates(model):
+    checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    assert any(k.endswith("shift.conv.weight") for k in checkpoint["network_weights"])
+    assert (model / "fold_0" / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["stock", "plugin"])
+def test_prediction_with_stock_and_plugin_commands(workspace, model, command):
+    work, raw, env = workspace
+    out = work / f"pred_{command}"
+    if command == "stock":
+        run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", "992", "-p", PLANS, "-tr", TRAINER,
+             "-c", "3d_fullres", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+            env, work / f"{command}.log")
+    else:
+        run([BIN / "nnunet-efficient", "predict", "-m", model, "-i", raw / "imagesTs", "-o", out, "-f", "0",
+             "-device", "cpu", "--disable_tta", "--disable_progress_bar", "-npp", "0", "-nps", "0"],
+            env, work / f"{command}.log")
+    for name in sorted(os.listdir(raw / "labelsTs")):
+        image = sitk.ReadImage(str(raw / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
+        seg = sitk.ReadImage(str(out / name))
+        assert seg.GetSize() == image.GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
