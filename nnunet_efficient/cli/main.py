@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from nnunet_efficient import __version__
-from nnunet_efficient.cli import OneLineErrorParser, benchmark, compare, env, plan, predict, train
+from nnunet_efficient.cli import OneLineErrorParser, benchmark, compare, env, export, plan, predict, train
 from nnunet_efficient.errors import EfficientError
 
-COMMANDS = {module.NAME: module for module in (env, train, plan, predict, benchmark, compare)}
+COMMANDS = {module.NAME: module for module in (env, train, plan, predict, export, benchmark, compare)}
 
 
 def build_parser() -> argparse.ArgumentParser:
