@@ -109,6 +109,9 @@ def run(args, extra) -> int:
     if onnx and not args.m:
         raise EfficientError("--backend onnxruntime reads a folder written by `nnunet-efficient export`: "
                              "give it with -m")
+    if onnx and args.chk != "checkpoint_final.pth":
+        raise EfficientError("-chk does not apply to --backend onnxruntime: the export was made from one checkpoint "
+                             "(nnunet-efficient export -chk)")
     model_folder = resolve_model_folder(args)
     folds = [f if f == "all" else int(f) for f in (args.f or ("0", "1", "2", "3", "4"))]
     predictor = EfficientPredictor(
