@@ -177,8 +177,8 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
 
     check_output_folder(output_folder)
     folds = [str(f) for f in folds]
-    report = ExportReport(os.path.abspath(output_folder), spec.name, spec.kind, spec.spatial, spec.spatial_note,
-                          folds, {}, real_input=real_name)
+    report = ExportReport(os.path.abspath(output_folder), type(network).__name__, spec.kind, spec.spatial,
+                          spec.spatial_note, folds, {}, real_input=real_name)
     for fold, parameters in zip(folds, predictor.list_of_parameters):
         network.load_state_dict(parameters)  # RepUX-Net converts the unfolded weights on loading
         network.eval()
