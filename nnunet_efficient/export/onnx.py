@@ -51,8 +51,8 @@ from nnunet_efficient.inference.onnxruntime_backend import (
 OPSET = 17
 
 #: Allowed largest |onnxruntime - PyTorch| relative to max(1, largest |PyTorch output|). Float32
-#: kernels of the two runtimes sum in different orders: measured ~1e-6 relative on random and real
-#: inputs (docs/onnx.md); InstanceNorm over near-constant windows amplifies that, hence the margin.
+#: kernels of the two runtimes sum in different orders: measured 1e-7 to 4e-6 relative on random and
+#: real inputs (docs/onnx.md); InstanceNorm over near-constant windows amplifies that, hence the margin.
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -189,7 +189,7 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
             path = os.path.join(output_folder, f"fold_{fold}", f"{part.name}.onnx")
             log(f"fold {fold}: exporting {part.name} -> {path}")
             _export_part(part, path, spec)
-            report.checks += _check_part(part, path, fold, spec, tolerance,
+            report.checks += _check_part(part, path, fold, tolerance,
                                          None if real_volume is None else (real_name, real_volume), network, context)
         if spec.kind == "nmsw":
             report.checks.append(_check_nmsw_pipeline(network, output_folder, fold, parts, tolerance,
@@ -239,7 +239,7 @@ def _compare(torch_out, ort_out, fold: str, part: str, name: str, shape, toleran
     return Check(fold, part, name, tuple(shape), diff, scale, tolerance, mismatches)
 
 
-def _other_shape(x: torch.Tensor, spatial_dynamic: bool) -> torch.Tensor:
+def _other_shape(x: torch.Tensor, spatial_dynamic: bool) -> list[int]:
     """Batch 1 (traced with 2) and, where spatial axes are dynamic, the first spatial axis doubled."""
     shape = [1, *x.shape[1:]]
     if spatial_dynamic:
@@ -247,8 +247,8 @@ def _other_shape(x: torch.Tensor, spatial_dynamic: bool) -> torch.Tensor:
     return shape
 
 
-def _check_part(part: ExportPart, path: str, fold: str, spec: ArchitectureSpec, tolerance: float,
-                real: tuple[str, torch.Tensor] | None, network, context: ExportContext) -> list[Check]:
+def _check_part(part: ExportPart, path: str, fold: str, tolerance: float, real: tuple[str, torch.Tensor] | None,
+                network, context: ExportContext) -> list[Check]:
     session = OrtPart(part.name, {fold: path})
     dynamic = {name: set(axes) - {0} for name, axes in part.dynamic_axes.items()}
     logits = "logits" in part.output_names[0]
