@@ -10,11 +10,21 @@ import argparse
 import sys
 
 from nnunet_efficient import __version__
-from nnunet_efficient.cli import OneLineErrorParser, benchmark, compare, env, patch_performance, plan, predict, train
+from nnunet_efficient.cli import (
+    OneLineErrorParser,
+    benchmark,
+    compare,
+    env,
+    export,
+    patch_performance,
+    plan,
+    predict,
+    train,
+)
 from nnunet_efficient.errors import EfficientError
 
-COMMANDS = {module.NAME: module for module in (env, train, plan, predict, benchmark, compare,
-                                                   patch_performance)}
+COMMANDS = {module.NAME: module for module in (env, train, plan, predict, export, benchmark, compare,
+                                               patch_performance)}
 
 
 def build_parser() -> argparse.ArgumentParser:

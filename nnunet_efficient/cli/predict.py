@@ -39,8 +39,8 @@ def add_nnunet_predict_arguments(p) -> None:
     p.add_argument("-tr", default="nnUNetTrainer", help="trainer of the model. Default: nnUNetTrainer")
     p.add_argument("-c", help="configuration, e.g. 3d_fullres")
     p.add_argument("-m", help="trained model folder (TRAINER__PLANS__CONFIG); replaces -d/-tr/-p/-c")
-    p.add_argument("-f", nargs="+", default=("0", "1", "2", "3", "4"),
-                   help="folds to ensemble. Default: 0 1 2 3 4")
+    p.add_argument("-f", nargs="+", default=None,
+                   help="folds to ensemble. Default: 0 1 2 3 4 (every exported fold with --backend onnxruntime)")
     p.add_argument("-step_size", type=step_size_argument, default=0.5, help=STEP_SIZE_HELP)
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--verbose", action="store_true", help="print more")
@@ -54,7 +54,8 @@ def add_nnunet_predict_arguments(p) -> None:
     p.add_argument("-prev_stage_predictions", help="previous-stage predictions (cascade)")
     p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts. Default: 1")
     p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0-based). Default: 0")
-    p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="Default: cuda")
+    p.add_argument("-device", default=None, choices=("cuda", "cpu", "mps"),
+                   help="Default: cuda (cpu with --backend onnxruntime)")
     p.add_argument("--disable_progress_bar", action="store_true", help="no progress bars")
     p.add_argument("--not_on_device", action="store_true", help="keep aggregation buffers on the host")
 
@@ -69,6 +70,10 @@ def add_parser(subparsers) -> None:
     add_nnunet_predict_arguments(p)
     p.add_argument("--batch_size", type=int, default=1,
                    help="windows per network call; mirrored copies are batched too. Default: 1")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="pytorch: the trained model folder's checkpoints. onnxruntime: a folder written by "
+                        "`nnunet-efficient export` (give it with -m; -chk does not apply; runs on the CPU, so -device "
+                        "defaults to cpu). Every built-in strategy applies to both. Default: pytorch")
     p.add_argument("--cpu_bf16", action="store_true",
                    help="bfloat16 autocast on the CPU: faster where the CPU has native bfloat16, a few labels "
                         "change (docs/benchmarks.md)")
@@ -115,16 +120,28 @@ def run(args, extra) -> int:
         raise EfficientError(f"-step_size must be in (0, 1] or auto, got {args.step_size}")
     if args.batch_size < 1:
         raise EfficientError(f"--batch_size must be >= 1, got {args.batch_size}")
+    onnx = getattr(args, "backend", "pytorch") == "onnxruntime"
+    if onnx and not args.m:
+        raise EfficientError("--backend onnxruntime reads a folder written by `nnunet-efficient export`: "
+                             "give it with -m")
+    if onnx and args.chk != "checkpoint_final.pth":
+        raise EfficientError("-chk does not apply to --backend onnxruntime: the export was made from one checkpoint "
+                             "(nnunet-efficient export -chk)")
     model_folder = resolve_model_folder(args)
-    folds = [f if f == "all" else int(f) for f in args.f]
+    folds = [f if f == "all" else int(f) for f in (args.f or ("0", "1", "2", "3", "4"))]
     # with auto, the step is read from the model folder once the predictor has checked that folder
     step_size = 0.5 if args.step_size == "auto" else args.step_size
     predictor = EfficientPredictor(
         tile_step_size=step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
-        perform_everything_on_device=not args.not_on_device, device=select_device(args.device),
+        perform_everything_on_device=not args.not_on_device,
+        device=select_device(args.device or ("cpu" if onnx else "cuda")),
         verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar,
         strategy=STRATEGIES[args.strategy].from_args(args), sw_batch_size=args.batch_size, cpu_bf16=args.cpu_bf16)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+    if onnx:
+        # an export holds the folds it was given: by default, those
+        predictor.initialize_from_exported_folder(model_folder, None if args.f is None else folds)
+    else:
+        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     if args.step_size == "auto":
         from nnunet_efficient.patch_performance.files import resolve_auto_step
 

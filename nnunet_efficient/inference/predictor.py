@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import json
 import multiprocessing
 import os
 import shutil
@@ -147,6 +148,8 @@ class EfficientPredictor(nnUNetPredictor):
         self.accumulate_dtype = accumulate_dtype
         self.cpu_bf16 = cpu_bf16
         self.bounded_export = bounded_export
+        #: where the network runs: "pytorch", or "onnxruntime" after :meth:`initialize_from_exported_folder`
+        self.backend = "pytorch"
         self.last_run: WindowRun | None = None
         self.last_network_seconds: float | None = None
         self.last_export_seconds: float | None = None
@@ -215,6 +218,52 @@ class EfficientPredictor(nnUNetPredictor):
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
         self.strategy.check_predictor(self)
+
+    def initialize_from_exported_folder(self, exported_folder: str, use_folds=None) -> None:
+        """Load a folder written by ``nnunet-efficient export``: the network runs in onnxruntime.
+
+        Preprocessing, the strategy, fold ensembling and the export of the labels stay as with
+        :meth:`initialize_from_trained_model_folder`; no checkpoint or network code is read.
+
+        Args:
+            exported_folder: the export's output folder (``plans.json``, ``dataset.json``,
+                ``onnx_export.json``, ``fold_X/*.onnx``).
+            use_folds: folds to ensemble; None: every exported fold.
+
+        Raises:
+            EfficientError: a device other than the CPU, ``cpu_bf16``, or a strategy that needs the
+                PyTorch backend; InputFileError for missing or unreadable files.
+        """
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunet_efficient.inference.onnxruntime_backend import load_exported_network, read_export_metadata
+
+        if self.device.type != "cpu":
+            raise EfficientError(f"the onnxruntime backend runs on the CPU (onnxruntime's CPUExecutionProvider); "
+                                 f"use -device cpu, not {self.device.type}")
+        if self.cpu_bf16:
+            raise EfficientError("--cpu_bf16 is an autocast of the PyTorch backend; the onnxruntime backend runs "
+                                 "the exported float32 graph")
+        if "onnxruntime" not in self.strategy.backends:
+            raise EfficientError(f"strategy '{self.strategy.name}' needs the PyTorch backend (it uses the network's "
+                                 f"modules); use --backend pytorch on the trained model folder")
+        metadata = read_export_metadata(exported_folder)
+        jsons = []
+        for name in ("plans.json", "dataset.json"):
+            path = os.path.join(exported_folder, name)
+            try:
+                with open(path) as f:
+                    jsons.append(json.load(f))
+            except (OSError, ValueError) as error:
+                raise InputFileError(path, f"missing or not valid JSON ({error})") from None
+        plans, dataset_json = jsons
+        network, parameters = load_exported_network(exported_folder, use_folds, metadata)
+        plans_manager = PlansManager(plans)
+        axes = metadata.get("inference_allowed_mirroring_axes")
+        self.manual_initialization(network, plans_manager, plans_manager.get_configuration(metadata["configuration"]),
+                                   parameters, dataset_json, metadata["trainer_name"],
+                                   None if axes is None else tuple(axes))
+        self.backend = "onnxruntime"
 
     def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                            save_probabilities: bool = False, overwrite: bool = True,

@@ -198,6 +198,7 @@ class LayerNorm3d(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
+        self.channels = int(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise each voxel's channel vector.
@@ -210,8 +211,11 @@ class LayerNorm3d(nn.Module):
         """
         # F.layer_norm normalises trailing axes: move C last and back. The copy back to
         # channels-first halved the time of the grouped pointwise conv that follows (CPU, measured).
-        y = F.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return y.movedim(-1, 1).contiguous()
+        # For the ONNX export (nnunet-efficient export): (self.channels,), not (x.shape[1],), because the
+        # tracer turns input shapes into graph values and normalized_shape must be a constant; permute,
+        # not movedim(1, -1), because the exporter writes movedim's negative axis into an invalid Transpose.
+        y = F.layer_norm(x.permute(0, 2, 3, 4, 1), (self.channels,), self.weight, self.bias, self.eps)
+        return y.permute(0, 4, 1, 2, 3).contiguous()
 
 
 class BFMDepthwiseConv3d(nn.Module):

@@ -23,7 +23,7 @@ def plugin_flags(subcommand: str) -> set[str]:
 
 
 @pytest.mark.parametrize("subcommand, nnunet_command, plugin_only", [
-    ("predict", "nnUNetv2_predict", {"-m", "--batch_size", "--strategy", "--cpu_bf16"}),
+    ("predict", "nnUNetv2_predict", {"-m", "--batch_size", "--strategy", "--cpu_bf16", "--backend"}),
     ("plan_and_preprocess", "nnUNetv2_plan_and_preprocess", set()),
 ])
 def test_same_flags_as_nnunet(subcommand, nnunet_command, plugin_only):

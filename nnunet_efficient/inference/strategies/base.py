@@ -49,6 +49,10 @@ class InferenceStrategy(ABC):
 
     name: ClassVar[str]
     options: ClassVar[tuple[StrategyOption, ...]] = ()
+    #: backends the strategy runs on. ``onnxruntime`` gives the strategy an exported network: calls
+    #: ``network(x)`` (and NMSWNetwork's methods on an NMSW export) work, PyTorch internals
+    #: (modules, weights, hooks) do not; a strategy that needs them lists ``("pytorch",)`` only.
+    backends: ClassVar[tuple[str, ...]] = ("pytorch", "onnxruntime")
 
     def __init__(self, **options: Any):
         known = {o.dest: o.default for o in self.options}
