@@ -95,10 +95,9 @@ def test_plans_dataset_and_metadata_are_written_beside_the_onnx(exported):
         assert metadata["nmsw"]["window_size"] == [16, 16, 16] and metadata["nmsw"]["k_infer"] == 5
 
 
+@pytest.mark.parametrize("exported", ["RepUXNet"], indirect=True)
 def test_repux_is_exported_with_folded_kernels(exported):
-    name, _, network, report = exported
-    if name != "RepUXNet":
-        pytest.skip("RepUX-Net only")
+    _, _, network, report = exported
     graph = onnx.load(f"{report.output_folder}/fold_0/network.onnx").graph
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     conv = next(m for m in network.modules() if type(m).__name__ == "BFMDepthwiseConv3d")
