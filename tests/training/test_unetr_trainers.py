@@ -8,9 +8,12 @@ import pytest
 import torch
 from conftest import dataset_json, tiny_plans
 
+from nnunet_efficient.benchmark.compare import Comparison, Entry
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.networks.unetr import UNETR, TokenSparseUNETR
+from nnunet_efficient.planners import planner_for_plans, resolve_planner
 from nnunet_efficient.planners.unetr_planner import nnUNetPlannerUNETR, nnUNetPlannerUNETRCPU
+from nnunet_efficient.trainers import register_plugin_trainers
 from nnunet_efficient.training.unetr import (
     nnUNetTrainerTokenSparseUNETR,
     nnUNetTrainerUNETR,
@@ -140,3 +143,14 @@ def test_planner_architecture_entries_build():
     assert dense["network_class_name"] == "nnunet_efficient.networks.unetr.UNETR"
     assert sparse["arch_kwargs"]["prune_after_blocks"] == [2, 5] and sparse["arch_kwargs"]["embed_dim"] == 192
     assert TokenSparseUNETR(1, 3, **sparse["arch_kwargs"]).schedule == [288, 28, 2]
+
+
+@pytest.mark.parametrize("spec", ["nnUNetTrainerUNETR:nnUNetPlansUNETRCPU",
+                                  "nnUNetTrainerTokenSparseUNETR:nnUNetPlansUNETRCPU:3d_tokensparse_p90",
+                                  "nnUNetTrainerTokenSparseUNETR:nnUNetPlansUNETR:3d_tokensparse_p75"])
+def test_compare_and_plan_commands_find_the_trainers_and_planners(monkeypatch, spec):
+    monkeypatch.setenv("nnUNet_extTrainer", "")  # restored after the test
+    register_plugin_trainers()  # as compare does, for nnU-Net's trainer lookup
+    entry = Entry.parse(spec)
+    Comparison._check_trainer(entry)  # raises for a trainer nnU-Net cannot find
+    assert planner_for_plans(entry.plans) is resolve_planner(entry.plans.replace("Plans", "Planner"))
