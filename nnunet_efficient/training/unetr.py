@@ -102,8 +102,8 @@ def vit_parameter_groups(network: nn.Module, weight_decay: float, layer_decay: f
     for name, parameter in network.named_parameters():
         if not parameter.requires_grad:
             continue
-        decay = 0.0 if parameter.ndim <= 1 or name.split(".")[0] in _NO_WEIGHT_DECAY \
-            or any(part in _NO_WEIGHT_DECAY for part in name.split(".")) else weight_decay
+        no_decay = parameter.ndim <= 1 or any(part in _NO_WEIGHT_DECAY for part in name.split("."))
+        decay = 0.0 if no_decay else weight_decay
         if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
             layer = 0
         elif name.startswith("blocks."):
