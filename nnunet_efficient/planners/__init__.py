@@ -7,6 +7,7 @@ nnU-Net only looks ``-pl`` names up inside ``nnunetv2``; :func:`resolve_planner`
 from nnunet_efficient.planners.cpu_planner import nnUNetPlannerCPU
 from nnunet_efficient.planners.distill_dsm_planner import nnUNetPlannerDistillDSM, nnUNetPlannerDistillDSMCPU
 from nnunet_efficient.planners.nmsw_planner import nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU
+from nnunet_efficient.planners.unetr_planner import nnUNetPlannerUNETR, nnUNetPlannerUNETRCPU
 from nnunet_efficient.planners.uxnet_planner import (
     nnUNetPlannerRepUXNet,
     nnUNetPlannerRepUXNetCPU,
@@ -17,7 +18,8 @@ from nnunet_efficient.planners.uxnet_planner import (
 PLANNERS = {cls.__name__: cls for cls in (nnUNetPlannerCPU, nnUNetPlannerNMSW, nnUNetPlannerNMSWCPU,
                                           nnUNetPlannerUXNet, nnUNetPlannerUXNetCPU,
                                           nnUNetPlannerRepUXNet, nnUNetPlannerRepUXNetCPU,
-                                          nnUNetPlannerDistillDSM, nnUNetPlannerDistillDSMCPU)}
+                                          nnUNetPlannerDistillDSM, nnUNetPlannerDistillDSMCPU,
+                                          nnUNetPlannerUNETR, nnUNetPlannerUNETRCPU)}
 
 
 def resolve_planner(name: str) -> type:
@@ -64,5 +66,6 @@ def planner_for_plans(plans_name: str) -> type | None:
 
 __all__ = ["PLANNERS", "default_plans_name", "nnUNetPlannerCPU", "nnUNetPlannerDistillDSM",
            "nnUNetPlannerDistillDSMCPU", "nnUNetPlannerNMSW", "nnUNetPlannerNMSWCPU",
-           "nnUNetPlannerRepUXNet", "nnUNetPlannerRepUXNetCPU", "nnUNetPlannerUXNet", "nnUNetPlannerUXNetCPU",
+           "nnUNetPlannerRepUXNet", "nnUNetPlannerRepUXNetCPU", "nnUNetPlannerUNETR", "nnUNetPlannerUNETRCPU",
+           "nnUNetPlannerUXNet", "nnUNetPlannerUXNetCPU",
            "planner_for_plans", "resolve_planner"]

@@ -27,7 +27,10 @@ def warmup_cosine_lr(epoch: int, initial_lr: float, warmup_epochs: int, total_ep
 
 
 class WarmupCosineLRScheduler(_LRScheduler):
-    """:func:`warmup_cosine_lr` for an optimiser; ``step(epoch)`` as nnU-Net's trainer calls it."""
+    """:func:`warmup_cosine_lr` for an optimiser; ``step(epoch)`` as nnU-Net's trainer calls it.
+
+    A parameter group with an ``lr_scale`` entry (layer-wise decay) trains at that multiple of the rate.
+    """
 
     def __init__(self, optimizer: Optimizer, initial_lr: float, warmup_epochs: int, total_epochs: int,
                  current_step: int | None = None):
@@ -41,4 +44,4 @@ class WarmupCosineLRScheduler(_LRScheduler):
             self.ctr += 1
         lr = warmup_cosine_lr(current_step, self.initial_lr, self.warmup_epochs, self.total_epochs)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)

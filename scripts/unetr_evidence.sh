@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Evidence for token sparsification (issue 13, SPEC section 4): `nnunet-efficient compare` on the shared
+# Hippocampus data, at one budget of CPU-minutes of training per entry, Dice on held-out cases:
+#   nnUNetTrainer                  nnUNetPlansCPU                          (nnU-Net's U-Net, CPU plan)
+#   nnUNetTrainerUNETR             nnUNetPlansUNETRCPU 3d_fullres          (dense UNETR, ViT-Ti on 8-voxel tokens)
+#   nnUNetTrainerTokenSparseUNETR  nnUNetPlansUNETRCPU 3d_tokensparse_p90  (90 % pruned per stage, the BTCV rate)
+#   nnUNetTrainerTokenSparseUNETR  nnUNetPlansUNETRCPU 3d_tokensparse_p75  (75 % pruned per stage, the BraTS rate)
+# The table (WORK/compare/compare.{md,csv,png}) has, per entry: Dice, parameters, GMACs per window, CPU seconds
+# per training iteration (the budget's clock), seconds per case and peak memory. A Hippocampus case fits in one
+# window of either plan (patches 40x56x40 and 48x64x48), so with --disable_tta seconds per case are seconds per
+# window. The paper reports +60 % inference and +120 % training throughput at maintained Dice (ViT-B, 1728
+# tokens); here the grid has 288 tokens (48x64x48 / 8^3), so p90 keeps two of the reference's three stages
+# (288 -> 28 -> 2; a third would leave none) and p75 all three (288 -> 72 -> 18 -> 4).
+#
+# Data: ../shared/data/Dataset004_Hippocampus (240 cases, MSD Task04, CC BY-SA 4.0), linked as
+# Dataset204_HippocampusHoldout exactly as scripts/compare_evidence.sh does (first 200 cases train, last 40 held
+# out; fold 0 trains on 192 and validates on 8).
+#
+# Budget: UNETR_MINUTES (default 30) CPU-minutes of training steps per entry, 4 entries = 120 CPU-minutes of
+# training, plus per entry a timing run (about a minute), nnU-Net's validation of 8 cases and the prediction of
+# the 40 held-out cases (a few minutes). With UNETR_JOBS=2 trainings at once on 2 cores: about 1.5 h of wall time.
+#
+# Usage: bash scripts/unetr_evidence.sh [WORK_DIR]   (default work_dirs/unetr_hippocampus)
+# Environment: UNETR_MINUTES (30), UNETR_JOBS (2), SHARED_DATA (../shared/data).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$repo/scripts/setup_venv.sh"
+source_data="${SHARED_DATA:-$repo/../shared/data}/Dataset004_Hippocampus"
+work="$(mkdir -p "${1:-$repo/work_dirs/unetr_hippocampus}" && cd "${1:-$repo/work_dirs/unetr_hippocampus}" && pwd)"
+export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preprocessed" nnUNet_results="$work/nnUNet_results"
+# One thread per training: CPU time then equals the time the training process holds a core.
+export OMP_NUM_THREADS=1 nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"
+dataset="$nnUNet_raw/Dataset204_HippocampusHoldout"
+
+python - "$source_data" "$dataset" <<'PY'
+import json
+import os
+import sys
+
+source, target = sys.argv[1:]
+cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTr")))
+train, test = cases[:200], cases[200:]
+for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+    os.makedirs(os.path.join(target, sub), exist_ok=True)
+for split, names in (("Tr", train), ("Ts", test)):
+    for case in names:
+        for kind, name in (("images", f"{case}_0000.nii.gz"), ("labels", f"{case}.nii.gz")):
+            link = os.path.join(target, kind + split, name)
+            if not os.path.lexists(link):
+                os.symlink(os.path.join(source, kind + "Tr", name), link)
+spec = json.load(open(os.path.join(source, "dataset.json")))
+spec["numTraining"] = len(train)
+json.dump(spec, open(os.path.join(target, "dataset.json"), "w"), indent=1)
+json.dump([{"train": train[:192], "val": train[192:]}], open(os.path.join(target, "splits_final.json"), "w"))
+print(f"{len(train)} training cases, {len(test)} held out: {test[0]} .. {test[-1]}")
+PY
+
+# Three entries share nnUNetPlansUNETRCPU: plan it once here rather than from parallel compare jobs.
+if [ ! -f "$nnUNet_preprocessed/Dataset204_HippocampusHoldout/nnUNetPlansUNETRCPU.json" ]; then
+    nnunet-efficient plan_and_preprocess -d 204 -pl nnUNetPlannerUNETRCPU -c 3d_fullres -np 2 --no_pbar
+fi
+
+nnunet-efficient compare -d 204 \
+    -e nnUNetTrainer:nnUNetPlansCPU nnUNetTrainerUNETR:nnUNetPlansUNETRCPU \
+       nnUNetTrainerTokenSparseUNETR:nnUNetPlansUNETRCPU:3d_tokensparse_p90 \
+       nnUNetTrainerTokenSparseUNETR:nnUNetPlansUNETRCPU:3d_tokensparse_p75 \
+    --minutes "${UNETR_MINUTES:-30}" --jobs "${UNETR_JOBS:-2}" -f 0 --disable_tta \
+    -i "$dataset/imagesTs" -ref "$dataset/labelsTs" -o "$work/compare"

@@ -1,0 +1,121 @@
+"""Token-sparse UNETR through the real commands on real Hippocampus cases (../shared/data).
+
+Eight training cases and two held-out ones are linked into a temporary dataset: the plugin's
+``nnUNetPlannerUNETRCPU``, stock ``nnUNetv2_train`` of ``3d_tokensparse_p90`` for two iterations
+(fold 0 validates on one case, to keep nnU-Net's final validation short), stock
+``nnUNetv2_predict`` and the plugin's ``predict``. The network is barely trained: this checks the
+wiring (plans, inherited configuration, checkpoints, inference in evaluation mode), not quality;
+``scripts/unetr_evidence.sh`` measures quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import shared_dataset
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+DATASET = "Dataset993_HippocampusUNETR"
+TRAINER = "nnUNetTrainerTokenSparseUNETR_1epochs_2iters"
+PLANS = "nnUNetPlansUNETRCPU"
+CONFIGURATION = "3d_tokensparse_p90"
+
+
+def run(command, env, log):
+    with open(log, "w") as handle:
+        result = subprocess.run([str(c) for c in command], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"{command[0]} failed, see {log}:\n" + Path(log).read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    source = shared_dataset("Dataset004_Hippocampus")
+    work = tmp_path_factory.mktemp("unetr")
+    raw = work / "raw" / DATASET
+    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(source / "labelsTr"))[:10]
+    for kind in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (raw / kind).mkdir(parents=True)
+    for split, names in (("Tr", cases[:8]), ("Ts", cases[8:])):
+        for case in names:
+            (raw / f"images{split}" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
+            (raw / f"labels{split}" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
+    spec = json.loads((source / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**spec, "numTraining": 8}))
+    export = subprocess.run([BIN / "nnunet-efficient", "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
+               nnUNet_results=str(work / "res"), nnUNet_n_proc_DA="1",
+               nnUNet_extTrainer=export.strip().split("=", 1)[1].strip("'"))
+    return work, raw, env
+
+
+@pytest.fixture(scope="module")
+def model(workspace):
+    work, _, env = workspace
+    run([BIN / "nnunet-efficient", "plan_and_preprocess", "-d", "993", "-pl", "nnUNetPlannerUNETRCPU", "-c",
+         "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar"], env, work / "plan.log")
+    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(work / "raw" / DATASET / "labelsTr"))
+    (work / "pre" / DATASET / "splits_final.json").write_text(json.dumps([{"train": cases[:7], "val": cases[7:]}]))
+    run([BIN / "nnUNetv2_train", "993", CONFIGURATION, "0", "-p", PLANS, "-tr", TRAINER, "-device", "cpu"],
+        env, work / "train.log")
+    return work / "res" / DATASET / f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+
+
+def test_planner_writes_dense_and_token_sparse_configurations(workspace, model):
+    work, _, _ = workspace
+    configurations = json.loads((work / "pre" / DATASET / f"{PLANS}.json").read_text())["configurations"]
+    fullres = configurations["3d_fullres"]
+    assert fullres["patch_size"] == [48, 64, 48]  # nnU-Net's 40x56x40 rounded up to multiples of 16
+    assert fullres["architecture"]["network_class_name"] == "nnunet_efficient.networks.unetr.UNETR"
+    assert fullres["architecture"]["arch_kwargs"]["embed_dim"] == 192
+    p90, p75 = configurations["3d_tokensparse_p90"], configurations["3d_tokensparse_p75"]
+    assert p90["inherits_from"] == p75["inherits_from"] == "3d_fullres"
+    assert p90["architecture"]["arch_kwargs"]["keep_ratios"] == [0.1, 0.1]  # 288 -> 28 -> 2
+    assert p75["architecture"]["arch_kwargs"]["prune_after_blocks"] == [2, 5, 8]
+
+
+def test_stock_training_writes_a_token_sparse_checkpoint(model):
+    checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    weights = checkpoint["network_weights"]
+    assert any(k.startswith("score_predictors.1.") for k in weights)
+    assert not any(k.startswith("score_predictors.2.") for k in weights)
+    assert (model / "fold_0" / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["stock", "plugin"])
+def test_prediction_with_stock_and_plugin_commands(workspace, model, command):
+    work, raw, env = workspace
+    out = work / f"pred_{command}"
+    if command == "stock":
+        run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", "993", "-p", PLANS, "-tr", TRAINER,
+             "-c", CONFIGURATION, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+            env, work / f"{command}.log")
+    else:
+        run([BIN / "nnunet-efficient", "predict", "-m", model, "-i", raw / "imagesTs", "-o", out, "-f", "0",
+             "-device", "cpu", "--disable_tta", "--disable_progress_bar", "-npp", "0", "-nps", "0"],
+            env, work / f"{command}.log")
+    for name in sorted(os.listdir(raw / "labelsTs")):
+        image = sitk.ReadImage(str(raw / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
+        seg = sitk.ReadImage(str(out / name))
+        assert seg.GetSize() == image.GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+
+
+def test_stock_and_plugin_predictions_agree(workspace, model):
+    work, raw, _ = workspace
+    for name in sorted(os.listdir(raw / "labelsTs")):
+        stock = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_stock" / name)))
+        plugin = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_plugin" / name)))
+        assert np.mean(stock == plugin) >= 0.9999
+
