@@ -246,13 +246,20 @@ def nmsw_parts(network: nn.Module, context: ExportContext, spatial_dynamic: bool
 def _register_builtin() -> None:
     from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet, ResidualUNet
 
+    from nnunet_efficient.networks.distill_dsm import DistillDSMUNet
     from nnunet_efficient.networks.nmsw import NMSWNetwork
+    from nnunet_efficient.networks.unetr import UNETR, TokenSparseUNETR
     from nnunet_efficient.networks.uxnet import UXNet
 
     multiple = "any size that is a multiple of the network's total stride on every axis"
     register_architecture((PlainConvUNet, ResidualEncoderUNet, ResidualUNet), "dynamic", multiple)
     register_architecture(UXNet, "dynamic", f"{multiple} (RepUX-Net exported with its kernels folded; kernels "
                                             f"stay clamped for the plan's patch, as in PyTorch)")
+    register_architecture(DistillDSMUNet, "dynamic", f"any depth (slices along the plan's depth axis); in-plane "
+                                                     f"{multiple[4:]}")
+    register_architecture((UNETR, TokenSparseUNETR), "static",
+                          "the token grid and its position embedding are built for the plan's patch size, and the "
+                          "kept-token counts of the token-sparse variant follow from it")
     register_architecture(NMSWNetwork, "dynamic", f"{multiple} for each part; the global part always runs at the "
                                                   f"plans' global_shape", kind="nmsw", export_parts=nmsw_parts)
 

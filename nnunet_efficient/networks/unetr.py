@@ -251,7 +251,11 @@ def select_tokens(scores: torch.Tensor, keep: int, noise: torch.Tensor | None = 
         positions up to rounding, differentiable w.r.t. ``scores``; else None.
     """
     logits = scores.float() if noise is None else scores.float() + noise.float()
-    order = torch.argsort(logits, dim=-1, descending=True, stable=True)
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no stable sort; its TopK over all tokens orders ties by position, as the stable argsort does
+        order = torch.topk(logits, logits.shape[-1], dim=-1, largest=True, sorted=True).indices
+    else:
+        order = torch.argsort(logits, dim=-1, descending=True, stable=True)
     kept, pruned = order[:, :keep], order[:, keep:]
     if not straight_through:
         return kept, pruned, None

@@ -10,8 +10,11 @@ import torch
 from conftest import build_network, dataset_json, tiny_plans
 from inference.test_nmsw_strategies import nmsw_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from training.test_distill_dsm_trainer import dsm_plans
+from training.test_unetr_trainers import unetr_plans
 from training.test_uxnet_trainers import uxnet_plans
 
+from nnunet_efficient.networks.unetr import UNETR, TokenSparseUNETR
 from nnunet_efficient.networks.uxnet import RepUXNet, UXNet
 
 LABELS = {"background": 0, "a": 1, "b": 2}
@@ -42,10 +45,22 @@ def architecture_case(name: str) -> tuple[dict, str, str]:
         return plans, f"nnUNetTrainer{name}", "3d_fullres"
     if name == "NMSW":
         return nmsw_plans(), "nnUNetTrainerNMSW", "3d_nmsw"
+    if name == "DistillDSM":
+        plans = dsm_plans(patch=PATCH)
+        plans.pop("continue_training")
+        return plans, "nnUNetTrainerDistillDSM", "3d_fullres"
+    if name in ("UNETR", "TokenSparseUNETR"):
+        plans = unetr_plans(UNETR if name == "UNETR" else TokenSparseUNETR, patch=[16, 32, 32],
+                            strides=[[1, 1, 1]] + [[2, 2, 2]] * 4)
+        plans.pop("continue_training")
+        return plans, f"nnUNetTrainer{name}", "3d_fullres"
     raise ValueError(name)
 
 
-ARCHITECTURES = ("PlainConvUNet", "ResidualEncoderUNet", "UXNet", "RepUXNet", "NMSW")
+ARCHITECTURES = ("PlainConvUNet", "ResidualEncoderUNet", "UXNet", "RepUXNet", "NMSW", "DistillDSM", "UNETR",
+                 "TokenSparseUNETR")
+#: fixed spatial axes: the token grid is built for the patch
+STATIC = ("UNETR", "TokenSparseUNETR")
 
 
 def build(plans: dict, configuration: str, seed: int = 0) -> torch.nn.Module:
@@ -73,12 +88,29 @@ def write_architecture_model(root: Path, name: str, folds=(0,)) -> tuple[Path, d
     networks = {}
     for seed, fold in enumerate(folds):
         network = build(copy.deepcopy(plans), configuration, seed).eval()
+        if name == "TokenSparseUNETR":
+            spread_token_scores(network, seed)
         (folder / f"fold_{fold}").mkdir(exist_ok=True)
         torch.save({"network_weights": network.state_dict(), "trainer_name": trainer,
                     "init_args": {"configuration": configuration}, "inference_allowed_mirroring_axes": (0, 1, 2)},
                    folder / f"fold_{fold}" / "checkpoint_final.pth")
         networks[str(fold)] = network
     return folder, networks
+
+
+def spread_token_scores(network: torch.nn.Module, seed: int) -> None:
+    """Give the score predictors' last layers trained-like spread.
+
+    Freshly initialised, they score every token within about 1e-6 of log(1/2), so which tokens are
+    kept hangs on rounding, and onnxruntime and PyTorch round differently. A trained predictor's
+    scores lie far apart; this puts a random weight of scale 1 in each predictor's output layer.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in network.modules():
+            if type(module).__name__ == "ScorePredictor":
+                head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+                head.weight.copy_(torch.randn(head.weight.shape, generator=generator))
 
 
 class FixedSizeNet(torch.nn.Module):

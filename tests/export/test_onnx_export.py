@@ -10,7 +10,15 @@ import onnxruntime
 import pytest
 import torch
 from conftest import SAMPLE, SHARED_DATA, dataset_json, write_model_folder
-from export.models import ARCHITECTURES, LABELS, PATCH, FixedSizeNet, fixed_size_plans, write_architecture_model
+from export.models import (
+    ARCHITECTURES,
+    LABELS,
+    PATCH,
+    STATIC,
+    FixedSizeNet,
+    fixed_size_plans,
+    write_architecture_model,
+)
 
 from nnunet_efficient.export import ARCHITECTURES as REGISTRY
 from nnunet_efficient.export import architecture_of, export_model_folder, register_architecture
@@ -48,7 +56,7 @@ def test_export_passes_its_checks_on_random_and_real_input(exported):
     name, _, _, report = exported
     assert report.passed, report.summary()
     inputs = {c.input for c in report.checks}
-    assert {"random", "random, other shape"} <= inputs
+    assert {"random", "random, batch 1" if name in STATIC else "random, other shape"} <= inputs
     assert any(i.startswith("real (hippocampus_") for i in inputs)
     assert all(c.max_abs_diff <= DEFAULT_TOLERANCE * c.scale for c in report.checks)
     expected_parts = ["global", "scorer", "local", "aggregator"] if name == "NMSW" else ["network"]
@@ -70,12 +78,15 @@ def test_onnx_file_computes_the_trained_network(exported):
     assert np.abs(got - expected).max() <= DEFAULT_TOLERANCE * max(1.0, np.abs(expected).max())
 
 
-def test_batch_and_spatial_axes_are_dynamic(exported):
+def test_batch_is_dynamic_and_spatial_axes_as_the_architecture_allows(exported):
     name, _, _, report = exported
     for part in report.files:
         for dims in input_dims(f"{report.output_folder}/fold_0/{part}.onnx").values():
             assert dims[0] == "batch"
-            assert all(isinstance(d, str) for d in dims[2:]), (part, dims)
+            if name in STATIC:
+                assert dims[2:] == list(PATCH), (part, dims)
+            else:
+                assert all(isinstance(d, str) for d in dims[2:]), (part, dims)
 
 
 def test_plans_dataset_and_metadata_are_written_beside_the_onnx(exported):
