@@ -54,6 +54,11 @@ print(f"{len(train)} training cases, {len(test)} held out: {test[0]} .. {test[-1
 PY
 
 # compare plans and preprocesses nnUNetPlansDistillDSMCPU itself (with nnUNetPlannerDistillDSMCPU) if missing.
+# The nnUNetTrainer entry is the one scripts/compare_evidence.sh trained at the same budget: start from its state
+# so that it is reused (timing, training and prediction) instead of trained again.
+if [ ! -f "$work/distill_dsm/compare_state.json" ] && [ -f "$work/compare/compare_state.json" ]; then
+    mkdir -p "$work/distill_dsm" && cp "$work/compare/compare_state.json" "$work/distill_dsm/"
+fi
 nnunet-efficient compare -d 204 \
     -e nnUNetTrainer:nnUNetPlansCPU nnUNetTrainerDistillDSM:nnUNetPlansDistillDSMCPU \
     --minutes "${DSM_MINUTES:-30}" --jobs "${DSM_JOBS:-2}" -f 0 --disable_tta \
