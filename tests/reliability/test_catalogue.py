@@ -291,7 +291,7 @@ ARGUMENT_CASES = {
     "-step_size 0": (("-step_size", "0"), "-step_size", "must be in (0, 1]", 1),
     "-part_id out of range": (("-num_parts", "2", "-part_id", "2"), "-part_id", "between 0 and", 1),
     "--batch_size 0": (("--batch_size", "0"), "--batch_size", "must be >= 1", 1),
-    "-step_size not a number": (("-step_size", "half"), "-step_size", "invalid float value", 2),
+    "-step_size not a number": (("-step_size", "half"), "-step_size", "expected a number in (0, 1] or 'auto'", 2),
 }
 
 
