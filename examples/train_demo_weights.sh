@@ -6,6 +6,7 @@
 # weights in float16 and the three keys nnU-Net's predictor reads; no optimiser state).
 #
 # Usage: bash examples/train_demo_weights.sh [WORK_DIR [OUT_DIR]]
+#   (rerun with the same WORK_DIR and trainer after an interruption: it resumes from the last epoch)
 #   WORK_DIR  nnU-Net folders and logs (default: work_dirs/demo_weights)
 #   OUT_DIR   where the trimmed model folder goes (default: WORK_DIR/shipped/TRAINER__nnUNetPlansCPU__3d_fullres;
 #             copy it into examples/models/ to replace the shipped one)
@@ -24,17 +25,27 @@ dataset=Dataset990_HippocampusSample
 
 export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preprocessed" nnUNet_results="$work/nnUNet_results"
 export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}" OMP_NUM_THREADS="$threads"
-rm -rf "$nnUNet_preprocessed/$dataset" "$nnUNet_results/$dataset"
+fold="$nnUNet_results/$dataset/${trainer}__nnUNetPlansCPU__3d_fullres/fold_all"
+# an interrupted run of the same schedule resumes (short schedules checkpoint every epoch); anything else starts over
+resume=()
+if [ -f "$fold/checkpoint_latest.pth" ] && [ ! -f "$fold/checkpoint_final.pth" ]; then
+    resume=(--c)
+    echo "resuming $trainer from $fold/checkpoint_latest.pth"
+else
+    rm -rf "${nnUNet_preprocessed:?}/$dataset" "${nnUNet_results:?}/$dataset" "$work/train.log"
+fi
 mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
 ln -sfn "$repo/examples/$dataset" "$nnUNet_raw/$dataset"
 eval "$(nnunet-efficient env)"   # lets stock nnUNetv2_train find the plugin's schedules
 
 t0=$SECONDS
-nnunet-efficient plan_and_preprocess -d 990 -pl nnUNetPlannerCPU -c 3d_fullres -np 2 -npfp 2 --no_pbar \
-    > "$work/plan.log"
+if [ ${#resume[@]} -eq 0 ]; then
+    nnunet-efficient plan_and_preprocess -d 990 -pl nnUNetPlannerCPU -c 3d_fullres -np 2 -npfp 2 --no_pbar \
+        > "$work/plan.log"
+fi
 # nnU-Net's training, held at $threads torch threads (nnUNetv2_train itself takes one per core)
 nnunet-efficient train 990 3d_fullres all -p nnUNetPlansCPU -tr "$trainer" -device cpu --torch_threads "$threads" \
-    > "$work/train.log" 2>&1
+    "${resume[@]}" >> "$work/train.log" 2>&1
 t1=$SECONDS
 
 python - "$nnUNet_results/$dataset/${trainer}__nnUNetPlansCPU__3d_fullres" "$out" <<'PY'
