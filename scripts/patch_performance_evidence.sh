@@ -5,6 +5,8 @@
 #
 #   bash scripts/patch_performance_evidence.sh [WORK_DIR]      (default work_dirs/patch_performance_brats)
 #   EPOCHS=10 ITERS=25 STRATEGIES="sliding_window:tta=0 sliding_window:tta=0,step=auto" bash scripts/...
+# The map is made by the trainer after nnU-Net's own (mirrored) validation; `nnunet-efficient patch_performance
+# -m MODEL -f 0` makes the same map from the final checkpoint without it.
 #
 # Split of the 4 BraTSmini cases (2 modalities, 4 tumour labels, 155x240x240): brats_0003 and
 # brats_0004 train, brats_0005 validates (the map is made from its un-augmented tiles at the end
@@ -19,7 +21,7 @@ data="${NNUNET_EFFICIENT_SHARED_DATA:-$repo/../shared/data}/Dataset005_BraTSmini
 [ -d "$data" ] || { echo "BraTSmini not found at $data (set NNUNET_EFFICIENT_SHARED_DATA)" >&2; exit 1; }
 work="$(mkdir -p "${1:-$repo/work_dirs/patch_performance_brats}" && cd "${1:-$repo/work_dirs/patch_performance_brats}" && pwd)"
 epochs="${EPOCHS:-10}" iters="${ITERS:-25}"
-strategies="${STRATEGIES:-sliding_window:tta=0 sliding_window:tta=0,step=auto}"
+strategies="${STRATEGIES:-sliding_window:tta=0 sliding_window:tta=0,step=auto sliding_window:tta=0,step=1 sliding_window:tta=0,step=0.75}"
 trainer="nnUNetTrainerPatchPerformance_${epochs}epochs_${iters}iters"
 export nnUNet_raw="$work/raw" nnUNet_preprocessed="$work/preprocessed" nnUNet_results="$work/results"
 export OMP_NUM_THREADS="${TORCH_THREADS:-1}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}"
