@@ -33,28 +33,7 @@ export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preproces
 export OMP_NUM_THREADS=1 nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"
 dataset="$nnUNet_raw/Dataset204_HippocampusHoldout"
 
-python - "$source_data" "$dataset" <<'PY'
-import json
-import os
-import sys
-
-source, target = sys.argv[1:]
-cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTr")))
-train, test = cases[:200], cases[200:]
-for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-    os.makedirs(os.path.join(target, sub), exist_ok=True)
-for split, names in (("Tr", train), ("Ts", test)):
-    for case in names:
-        for kind, name in (("images", f"{case}_0000.nii.gz"), ("labels", f"{case}.nii.gz")):
-            link = os.path.join(target, kind + split, name)
-            if not os.path.lexists(link):
-                os.symlink(os.path.join(source, kind + "Tr", name), link)
-spec = json.load(open(os.path.join(source, "dataset.json")))
-spec["numTraining"] = len(train)
-json.dump(spec, open(os.path.join(target, "dataset.json"), "w"), indent=1)
-json.dump([{"train": train[:192], "val": train[192:]}], open(os.path.join(target, "splits_final.json"), "w"))
-print(f"{len(train)} training cases, {len(test)} held out: {test[0]} .. {test[-1]}")
-PY
+python "$repo/scripts/hippocampus_holdout.py" "$source_data" "$dataset"
 
 # Three entries share nnUNetPlansUNETRCPU: plan it once here rather than from parallel compare jobs.
 if [ ! -f "$nnUNet_preprocessed/Dataset204_HippocampusHoldout/nnUNetPlansUNETRCPU.json" ]; then
