@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,42 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real dataset {name} not found at {path} (set NNUNET_EFFICIENT_SHARED_DATA)")
     return path
+
+
+def run_command(command, env, log, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """Run a real command with its output in ``log``; unless told otherwise, require success (log tail on failure)."""
+    with open(log, "w") as handle:
+        result = subprocess.run([str(c) for c in command], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    if expect_ok:
+        assert result.returncode == 0, f"{command[0]} failed, see {log}:\n" + Path(log).read_text()[-3000:]
+    return result
+
+
+def hippocampus_workspace(work: Path, dataset: str, n_train: int, n_test: int,
+                          **extra_env: str) -> tuple[Path, dict[str, str]]:
+    """The first ``n_train + n_test`` shared Hippocampus cases linked as nnU-Net raw dataset ``dataset``.
+
+    The first ``n_train`` are imagesTr/labelsTr, the rest imagesTs/labelsTs. Returns the raw dataset
+    folder and an environment with nnU-Net's folders under ``work`` and the plugin on ``nnUNet_extTrainer``.
+    """
+    source = shared_dataset("Dataset004_Hippocampus")
+    raw = work / "raw" / dataset
+    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(source / "labelsTr"))[:n_train + n_test]
+    for kind in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (raw / kind).mkdir(parents=True)
+    for split, names in (("Tr", cases[:n_train]), ("Ts", cases[n_train:])):
+        for case in names:
+            (raw / f"images{split}" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
+            (raw / f"labels{split}" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
+    spec = json.loads((source / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**spec, "numTraining": n_train}))
+    export = subprocess.run([Path(sys.executable).parent / "nnunet-efficient", "env"], capture_output=True,
+                            text=True, check=True).stdout
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
+               nnUNet_results=str(work / "res"), nnUNet_n_proc_DA="1",
+               nnUNet_extTrainer=export.strip().split("=", 1)[1].strip("'"), **extra_env)
+    return raw, env
 
 
 def tiny_plans(patch_size, num_input_channels: int, features=(4, 8, 16), spacing=(1.0, 1.0, 1.0),

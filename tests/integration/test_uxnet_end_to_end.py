@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import shared_dataset
+from conftest import hippocampus_workspace
+from conftest import run_command as run
 
 pytestmark = pytest.mark.integration
 
@@ -29,33 +29,11 @@ DATASET = "Dataset991_HippocampusTiny"
 REPUX_TRAINER = "nnUNetTrainerRepUXNet_1epochs_2iters"
 
 
-def run(command, env, log, expect_ok=True):
-    with open(log, "w") as handle:
-        result = subprocess.run([str(c) for c in command], env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    if expect_ok:
-        assert result.returncode == 0, f"{command[0]} failed, see {log}:\n" + Path(log).read_text()[-3000:]
-    return result
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    source = shared_dataset("Dataset004_Hippocampus")
     work = tmp_path_factory.mktemp("uxnet")
-    raw = work / "raw" / DATASET
-    cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(source / "labelsTr"))[:10]
-    for kind in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (raw / kind).mkdir(parents=True)
-    for split, names in (("Tr", cases[:8]), ("Ts", cases[8:])):
-        for case in names:
-            (raw / f"images{split}" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
-            (raw / f"labels{split}" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
-    spec = json.loads((source / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps({**spec, "numTraining": 8}))
-    export = subprocess.run([BIN / "nnunet-efficient", "env"], capture_output=True, text=True, check=True).stdout
-    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
-               nnUNet_results=str(work / "res"), nnUNet_n_proc_DA="1",
-               nnUNet_extTrainer=export.strip().split("=", 1)[1].strip("'"))
+    raw, env = hippocampus_workspace(work, DATASET, 8, 2)
     return work, raw, env
 
 
