@@ -125,29 +125,33 @@ def dataset_json(num_input_channels: int, labels: dict[str, int]) -> dict:
             "numTraining": 0, "file_ending": ".nii.gz"}
 
 
-def build_network(plans: dict, dataset: dict, seed: int = 0) -> torch.nn.Module:
+def build_network(plans: dict, dataset: dict, seed: int = 0, configuration: str = "3d_fullres",
+                  trainer_class=None) -> torch.nn.Module:
+    """The seeded, untrained network ``trainer_class`` (default nnU-Net's) builds for ``configuration``."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     manager = PlansManager(plans)
     torch.manual_seed(seed)
-    return nnUNetTrainer.build_network_architecture(
-        manager, manager.get_configuration("3d_fullres"), len(dataset["channel_names"]), len(dataset["labels"]),
+    return (trainer_class or nnUNetTrainer).build_network_architecture(
+        manager, manager.get_configuration(configuration), len(dataset["channel_names"]), len(dataset["labels"]),
         enable_deep_supervision=False)
 
 
 def write_model_folder(folder: Path, plans: dict, dataset: dict, trainer_name: str = "nnUNetTrainer",
-                       folds=(0,), seed: int = 0) -> Path:
+                       folds=(0,), seed: int = 0, configuration: str = "3d_fullres", trainer_class=None) -> Path:
     """An nnU-Net model folder (plans, dataset.json, checkpoints) holding a seeded, untrained network."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
-    network = build_network(plans, dataset, seed)
+    network = build_network(plans, dataset, seed, configuration, trainer_class)
+    dimensions = len(plans["configurations"][plans["configurations"][configuration].get("inherits_from",
+                                                                                     configuration)]["patch_size"])
     for fold in folds:
         (folder / f"fold_{fold}").mkdir(exist_ok=True)
         torch.save({"network_weights": network.state_dict(), "trainer_name": trainer_name,
-                    "init_args": {"configuration": "3d_fullres"},
-                    "inference_allowed_mirroring_axes": (0, 1, 2)},
+                    "init_args": {"configuration": configuration},
+                    "inference_allowed_mirroring_axes": tuple(range(dimensions))},
                    folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
 

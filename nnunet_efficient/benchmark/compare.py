@@ -132,7 +132,7 @@ class Comparison:
 
     def __init__(self, dataset: str | int, entries: Sequence[Entry], budget: Budget, fold: int | str,
                  images: str, reference: str, output: str, device: str = "cpu", use_mirroring: bool = True,
-                 timing_iterations: int = 5, jobs: int = 1, log=print):
+                 timing_iterations: int = 5, jobs: int = 1, log=print, repredict: bool = False):
         from nnunet_efficient.trainers import register_plugin_trainers
 
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -152,6 +152,7 @@ class Comparison:
             raise EfficientError(f"--jobs must be >= 1, got {jobs}")
         self.device, self.use_mirroring, self.timing_iterations, self.jobs, self.log = device, use_mirroring, \
             timing_iterations, jobs, log
+        self.repredict = repredict
         self._lock = threading.Lock()
         for entry in self.entries:
             self._check_trainer(entry)
@@ -296,7 +297,7 @@ class Comparison:
 
     def ensure_predicted(self, index: int, entry: Entry, trainer_name: str) -> dict:
         record = self._record(entry)
-        if "prediction" in record:
+        if "prediction" in record and not self.repredict:
             return record["prediction"]
         bench = os.path.join(self.output, "predictions", f"{trainer_name}__{entry.plans}__{entry.configuration}")
         log_file = os.path.join(self.output, "logs", f"{trainer_name}__{entry.plans}__{entry.configuration}"
@@ -424,7 +425,7 @@ def write_compare_report(rows: Sequence[dict[str, Any]], output: str, title: str
 
 def run_compare(dataset: str | int, entries: Sequence[str], budget: Budget, fold: int | str, images: str,
                 reference: str, output: str, device: str = "cpu", use_mirroring: bool = True,
-                timing_iterations: int = 5, jobs: int = 1, log=print) -> dict[str, str]:
+                timing_iterations: int = 5, jobs: int = 1, log=print, repredict: bool = False) -> dict[str, str]:
     """Train every entry at ``budget``, predict ``images``, and write the table into ``output``.
 
     Args:
@@ -439,6 +440,8 @@ def run_compare(dataset: str | int, entries: Sequence[str], budget: Budget, fold
         use_mirroring: nnU-Net's mirroring test-time augmentation at prediction.
         timing_iterations: training steps timed per entry (after two warm-up steps).
         jobs: trainings run at once.
+        repredict: predict every entry again even where a prediction is recorded, so that the seconds per
+            case of all entries come from one run (e.g. on a machine that is now quiet); Dice does not change.
 
     Returns:
         Paths of ``csv``, ``markdown`` and ``png``.
@@ -447,7 +450,7 @@ def run_compare(dataset: str | int, entries: Sequence[str], budget: Budget, fold
     if not parsed:
         raise EfficientError("give at least one entry")
     comparison = Comparison(dataset, parsed, budget, fold, images, reference, output, device, use_mirroring,
-                            timing_iterations, jobs, log)
+                            timing_iterations, jobs, log, repredict)
     rows = comparison.run()
     amount = (f"{budget.iterations} iterations" if budget.iterations is not None
               else f"{budget.minutes:g} minutes of training steps "

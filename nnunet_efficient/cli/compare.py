@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="trainings to run at once (each its own nnUNetv2_train process; with --minutes on the CPU "
                         "the budget is CPU time, so sharing cores keeps the comparison fair). Default: 1")
+    p.add_argument("--repredict", action="store_true",
+                   help="predict every entry again, trained or not before, so that seconds per case come from one "
+                        "run (e.g. once the machine is quiet); training and timing are kept")
     p.add_argument("--timing_iterations", type=int, default=5,
                    help="training steps timed per entry, after two warm-up steps. Default: 5")
 
@@ -49,6 +52,7 @@ def run(args, extra) -> int:
     budget = Budget(iterations=args.iterations, minutes=args.minutes, iterations_per_epoch=args.iterations_per_epoch)
     paths = run_compare(args.d, args.entries, budget, args.f if args.f == "all" else int(args.f), args.i, args.ref,
                         args.o, device=args.device, use_mirroring=not args.disable_tta,
-                        timing_iterations=args.timing_iterations, jobs=args.jobs)
+                        timing_iterations=args.timing_iterations, jobs=args.jobs,
+                        repredict=args.repredict)
     print(f"table: {paths['markdown']}\nplot: {paths['png']}")
     return 0

@@ -119,6 +119,18 @@ def test_compare_writes_its_table_and_resumes_without_retraining(workspace):
     with open(work / "compare" / "compare.csv") as f:
         assert list(csv.DictReader(f)) == rows
 
+    # --repredict measures the prediction again (same weights, so same Dice) and trains nothing
+    summary = (work / "compare" / "predictions" / "nnUNetTrainerUXNet_1epochs_2iters__nnUNetPlansUXNetCPU__3d_fullres"
+               / "benchmark.json")
+    summary_stamp = summary.stat().st_mtime_ns
+    run(command + ["--repredict"], env, work / "compare3.log")
+    log = (work / "compare3.log").read_text()
+    assert "trained already" in log and "predicting" in log
+    assert checkpoint.stat().st_mtime_ns == stamp and summary.stat().st_mtime_ns > summary_stamp
+    with open(work / "compare" / "compare.csv") as f:
+        again = list(csv.DictReader(f))[0]
+    assert again["mean_dice"] == row["mean_dice"] and again["schedule"] == row["schedule"]
+
 
 def test_unknown_planner_is_one_line(workspace):
     work, _, env = workspace

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
-import torch
-from conftest import dataset_json, tiny_plans
+from conftest import dataset_json, tiny_plans, write_model_folder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -197,22 +196,7 @@ def two_d_plans() -> dict:
 
 
 def write_2d_model(folder: Path) -> Path:
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans, dataset = two_d_plans(), dataset_json(1, LABELS)
-    folder.mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset))
-    manager = PlansManager(plans)
-    torch.manual_seed(0)
-    network = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 1, 3,
-                                                       enable_deep_supervision=False)
-    (folder / "fold_0").mkdir()
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return folder
+    return write_model_folder(folder, two_d_plans(), dataset_json(1, LABELS), configuration="2d")
 
 
 def nmsw_plans() -> dict:
@@ -226,22 +210,10 @@ def nmsw_plans() -> dict:
 
 
 def write_nmsw_model(folder: Path) -> Path:
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     from nnunet_efficient.training.nmsw import nnUNetTrainerNMSW
 
-    plans, dataset = nmsw_plans(), dataset_json(1, LABELS)
-    folder.mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(dataset))
-    manager = PlansManager(plans)
-    torch.manual_seed(0)
-    network = nnUNetTrainerNMSW.build_network_architecture(manager, manager.get_configuration("3d_nmsw"), 1, 3)
-    (folder / "fold_0").mkdir()
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerNMSW",
-                "init_args": {"configuration": "3d_nmsw"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return folder
+    return write_model_folder(folder, nmsw_plans(), dataset_json(1, LABELS), trainer_name="nnUNetTrainerNMSW",
+                              configuration="3d_nmsw", trainer_class=nnUNetTrainerNMSW)
 
 
 def write_preprocessed_dataset(workspace: Path, dataset_id: int, name: str, cases: int = 2) -> Path:
