@@ -10,7 +10,7 @@
 #   WORK_DIR  nnU-Net folders and logs (default: work_dirs/demo_weights)
 #   OUT_DIR   where the trimmed model folder goes (default: WORK_DIR/shipped/TRAINER__nnUNetPlansCPU__3d_fullres;
 #             copy it into examples/models/ to replace the shipped one)
-# Environment: DEMO_WEIGHTS_TRAINER (default nnUNetTrainer_20epochs_50iters), TORCH_THREADS
+# Environment: DEMO_WEIGHTS_TRAINER (default nnUNetTrainer_30epochs_50iters), TORCH_THREADS
 # (default 1: torch threads of the training, `nnunet-efficient train --torch_threads`; nnUNetv2_train
 # itself would take every core, which on a shared 2-core machine is slower), nnUNet_n_proc_DA (default 1).
 set -euo pipefail
@@ -18,7 +18,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 source "$repo/scripts/setup_venv.sh"
 work="$(mkdir -p "${1:-$repo/work_dirs/demo_weights}" && cd "${1:-$repo/work_dirs/demo_weights}" && pwd)"
-trainer="${DEMO_WEIGHTS_TRAINER:-nnUNetTrainer_20epochs_50iters}"
+trainer="${DEMO_WEIGHTS_TRAINER:-nnUNetTrainer_30epochs_50iters}"
 out="${2:-$work/shipped/${trainer}__nnUNetPlansCPU__3d_fullres}"
 threads="${TORCH_THREADS:-1}"
 dataset=Dataset990_HippocampusSample

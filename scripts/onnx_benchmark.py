@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "examples" / "models" / "Dataset990_HippocampusSample" / \
-    "nnUNetTrainer_20epochs_50iters__nnUNetPlansCPU__3d_fullres"
+# the one model folder shipped for the demo, whatever schedule trained it
+(DEMO,) = (REPO / "examples" / "models" / "Dataset990_HippocampusSample").glob("*__nnUNetPlansCPU__3d_fullres")
 IMAGES = REPO / "examples" / "Dataset990_HippocampusSample" / "imagesTs"
 
 

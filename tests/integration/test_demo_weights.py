@@ -90,4 +90,6 @@ def test_predict_gives_the_stated_dice(model, tmp_path):
     mean = float(np.mean(scores))
     print(f"held-out mean foreground Dice of the shipped model: {mean:.4f} (per case {np.round(scores, 3).tolist()})")
     assert abs(mean - stated_dice()) <= TOLERANCE
-    assert mean >= 0.84  # a model of useful quality (nnU-Net's full training: about 0.88)
+    # the demo's promise of useful quality (nnU-Net's full training: about 0.88); a little float rounding on
+    # other CPUs is allowed, a retrained model that falls short is not
+    assert mean >= 0.85 - 0.001

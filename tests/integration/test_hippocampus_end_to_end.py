@@ -4,7 +4,7 @@ The pipeline's mechanics, at a budget CI can afford (2 epochs of 5 iterations, a
 cores): the plugin's CPU planner writes the plans, stock ``nnUNetv2_train`` finds the plugin's
 schedule and writes its checkpoint and validation, ``nnunet-efficient predict`` writes every held-out
 case in its original geometry with valid labels. The plans must be the ones the model shipped in
-``examples/models`` was trained with, so that model's held-out Dice (``test_demo_weights.py``, 1,000
+``examples/models`` was trained with, so that model's held-out Dice (``test_demo_weights.py``, 1,500
 iterations of this same pipeline) stands for what the pipeline learns. A floor on what a short
 training learns would not do: a few hundred iterations from scratch leave nnU-Net's all-background
 start at very different times (held-out means of 0.25 to 0.82 after 300 to 600 iterations were
