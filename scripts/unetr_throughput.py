@@ -51,19 +51,18 @@ def paper_networks(input_channels: int, classes: int) -> dict[str, tuple[torch.n
 def plan_networks(plans_file: str, input_channels: int, classes: int
                   ) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     with open(plans_file) as f:
-        configurations = json.load(f)["configurations"]
+        manager = PlansManager(json.load(f))
     networks = {}
     for name, configuration in PLAN_VARIANTS.items():
-        if configuration not in configurations:
+        if configuration not in manager.available_configurations:
             raise SystemExit(f"{plans_file}: no configuration '{configuration}'")
-        config = configurations[configuration]
-        parent = configurations.get(config.get("inherits_from", ""), {})
-        architecture = config.get("architecture", parent.get("architecture"))
-        patch = tuple(config.get("patch_size", parent.get("patch_size")))
-        network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                         architecture["_kw_requires_import"], input_channels, classes,
+        config = manager.get_configuration(configuration)  # resolves inherits_from
+        patch = tuple(config.patch_size)
+        network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                         config.network_arch_init_kwargs_req_import, input_channels, classes,
                                          allow_init=True, deep_supervision=False)
         networks[f"{name} ({configuration})"] = (network, patch)
     return networks

@@ -145,8 +145,9 @@ def write_model_folder(folder: Path, plans: dict, dataset: dict, trainer_name: s
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
     network = build_network(plans, dataset, seed, configuration, trainer_class)
-    dimensions = len(plans["configurations"][plans["configurations"][configuration].get("inherits_from",
-                                                                                     configuration)]["patch_size"])
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dimensions = len(PlansManager(plans).get_configuration(configuration).patch_size)  # resolves inherits_from
     for fold in folds:
         (folder / f"fold_{fold}").mkdir(exist_ok=True)
         torch.save({"network_weights": network.state_dict(), "trainer_name": trainer_name,
