@@ -2,7 +2,8 @@
 
 Eight training cases and two held-out ones are linked into a temporary dataset: plugin planner,
 stock ``nnUNetv2_train`` for a few iterations, stock ``nnUNetv2_predict`` and the plugin's
-``predict``; then ``compare`` on a tiny budget, twice, to see it resume without retraining. The
+``predict``; then ``compare`` on a tiny budget that keeps one checkpoint half way (a two-point learning
+curve), rerun to see it resume without retraining, and continued after a simulated stop mid-training. The
 networks are barely trained: these tests check wiring (plans, checkpoints, geometry, resumption),
 not quality; ``scripts/compare_evidence.sh`` measures quality.
 """
@@ -92,44 +93,69 @@ def test_plugin_prediction_with_folded_kernels_equals_stock_unfolded(workspace, 
         assert np.mean(stock == folded) >= 0.9999
 
 
-def test_compare_writes_its_table_and_resumes_without_retraining(workspace):
+def test_compare_writes_its_table_and_curve_and_resumes_without_retraining(workspace):
     work, raw, env = workspace
-    command = [BIN / "nnunet-efficient", "compare", "-d", "991", "-e", "nnUNetTrainerUXNet:nnUNetPlansUXNetCPU",
-               "--iterations", "2", "--iterations_per_epoch", "2", "--timing_iterations", "1", "-f", "0",
-               "-i", raw / "imagesTs", "-ref", raw / "labelsTs", "-o", work / "compare", "--disable_tta"]
+    # one seeded run of 2 epochs of 1 iteration, a checkpoint kept half way: the curve has two points
+    command = [BIN / "nnunet-efficient", "compare", "-d", "991", "-e", "nnUNetTrainerUXNet:nnUNetPlansUXNetCPU@0",
+               "--iterations", "2", "--iterations_per_epoch", "1", "--snapshots", "0.5", "--timing_iterations", "1",
+               "-f", "0", "-i", raw / "imagesTs", "-ref", raw / "labelsTs", "-o", work / "compare", "--disable_tta"]
+    schedule = "nnUNetTrainerUXNet_2epochs_1iters_seed0_keep1"
     first = run(command, env, work / "compare1.log")
     assert first.returncode == 0
     with open(work / "compare" / "compare.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["trainer"] for r in rows] == ["nnUNetTrainerUXNet"]
     row = rows[0]
-    assert row["schedule"] == "nnUNetTrainerUXNet_1epochs_2iters" and int(row["n_cases"]) == 2
+    assert row["schedule"] == schedule and row["seed"] == "0" and int(row["n_cases"]) == 2
     assert float(row["gmacs_per_window"]) > 0 and float(row["train_seconds_per_iteration"]) > 0
     assert 0 <= float(row["mean_dice"]) <= 1 and int(row["parameters"]) > 0
     assert float(row["training_minutes"]) > 0  # nnU-Net's epoch times, read back from the checkpoint
     assert (work / "compare" / "compare.png").stat().st_size > 0
-    checkpoint = (work / "res" / DATASET / "nnUNetTrainerUXNet_1epochs_2iters__nnUNetPlansUXNetCPU__3d_fullres"
-                  / "fold_0" / "checkpoint_final.pth")
-    stamp = checkpoint.stat().st_mtime_ns
+    fold = work / "res" / DATASET / f"{schedule}__nnUNetPlansUXNetCPU__3d_fullres" / "fold_0"
+    checkpoint, kept = fold / "checkpoint_final.pth", fold / "checkpoint_at_1iters.pth"
+    assert torch.load(kept, map_location="cpu", weights_only=False)["current_epoch"] == 1
+    with open(work / "compare" / "compare_curve.csv") as f:
+        curve = list(csv.DictReader(f))
+    assert [(p["iterations"], float(p["fraction"])) for p in curve] == [("1", 0.5), ("2", 1.0)]
+    assert curve[1]["mean_dice"] == row["mean_dice"] and 0 <= float(curve[0]["mean_dice"]) <= 1
+    assert float(curve[1]["training_minutes"]) == pytest.approx(2 * float(curve[0]["training_minutes"]))
+    assert (work / "compare" / "compare_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Learning curves" in (work / "compare" / "compare.md").read_text()
+    stamp, kept_stamp = checkpoint.stat().st_mtime_ns, kept.stat().st_mtime_ns
 
     run(command, env, work / "compare2.log")
     log = (work / "compare2.log").read_text()
-    assert "trained already" in log and "timing" not in log.replace("timing.log", "")
+    assert "trained already" in log and "timing" not in log.replace("timing.log", "") and "predicting" not in log
     assert checkpoint.stat().st_mtime_ns == stamp
     with open(work / "compare" / "compare.csv") as f:
         assert list(csv.DictReader(f)) == rows
 
-    # --repredict measures the prediction again (same weights, so same Dice) and trains nothing
-    summary = (work / "compare" / "predictions" / "nnUNetTrainerUXNet_1epochs_2iters__nnUNetPlansUXNetCPU__3d_fullres"
-               / "benchmark.json")
+    # --repredict measures the end point again (same weights, so same Dice), trains and rescores nothing else
+    summary = work / "compare" / "predictions" / f"{schedule}__nnUNetPlansUXNetCPU__3d_fullres" / "benchmark.json"
     summary_stamp = summary.stat().st_mtime_ns
     run(command + ["--repredict"], env, work / "compare3.log")
     log = (work / "compare3.log").read_text()
-    assert "trained already" in log and "predicting" in log
+    assert "trained already" in log and log.count("predicting") == 1 and "checkpoint_at" not in log
     assert checkpoint.stat().st_mtime_ns == stamp and summary.stat().st_mtime_ns > summary_stamp
     with open(work / "compare" / "compare.csv") as f:
         again = list(csv.DictReader(f))[0]
     assert again["mean_dice"] == row["mean_dice"] and again["schedule"] == row["schedule"]
+
+    # stopped in epoch 2 after the kept checkpoint was scored, as nnU-Net leaves it (checkpoint_latest of epoch 1,
+    # no final): the rerun continues that training with --c, keeps and reuses the point it scored before
+    checkpoint.unlink()
+    (fold / "checkpoint_latest.pth").write_bytes(kept.read_bytes())
+    state = json.loads((work / "compare" / "compare_state.json").read_text())
+    record = state[DATASET]["fold_0"]["2iters_1per_epoch"]["nnUNetTrainerUXNet:nnUNetPlansUXNetCPU:3d_fullres@0"]
+    del record["training"], record["prediction"]
+    (work / "compare" / "compare_state.json").write_text(json.dumps(state))
+    run(command, env, work / "compare4.log")
+    log = (work / "compare4.log").read_text()
+    assert "resuming" in log and "timing" not in log.replace("timing.log", "") and "checkpoint_at" not in log
+    assert kept.stat().st_mtime_ns == kept_stamp and checkpoint.is_file()
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"] == 2
+    with open(work / "compare" / "compare_curve.csv") as f:
+        assert [(p["iterations"], p["mean_dice"]) for p in csv.DictReader(f)][0] == ("1", curve[0]["mean_dice"])
 
 
 def test_unknown_planner_is_one_line(workspace):

@@ -98,6 +98,12 @@ def test_trainer_builds_the_plans_network_and_scaled_adamw(results, trainer, cls
     assert not {id(network.blocks[0].attn.qkv.bias), id(network.pos_embed), id(network.cls_token),
                 id(network.norm.weight)} & decayed
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(network.parameters()))
+    # SPEC section 4's layer decay 0.75 from the top, for dense and token-sparse alike
+    scale = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    depth = len(network.blocks)
+    assert scale[id(network.blocks[-1].mlp[0].weight)] == pytest.approx(0.75)
+    assert scale[id(network.patch_embed.weight)] == pytest.approx(0.75 ** (depth + 1))
+    assert scale[id(network.decoder.seg_layers[0].weight)] == 1.0
     scheduler.step(0)  # 1 % of 200 epochs: 2 warm-up epochs
     assert optimizer.param_groups[0]["lr"] == pytest.approx(t.initial_lr / 2)
     scheduler.step(199)

@@ -69,10 +69,12 @@ def test_2d_configuration_is_refused_in_one_line(results):
     assert list(results.iterdir()) == []
 
 
-@pytest.mark.parametrize("trainer, cls", [(nnUNetTrainerUXNet, UXNet), (nnUNetTrainerRepUXNet, RepUXNet)])
-def test_trainer_builds_the_plans_network_and_adamw_with_warmup(results, trainer, cls):
+@pytest.mark.parametrize("trainer, cls, lr", [(nnUNetTrainerUXNet, UXNet, 1e-3),
+                                              (nnUNetTrainerRepUXNet, RepUXNet, 1e-4)])  # RepUX-Net: its reference's
+def test_trainer_builds_the_plans_network_and_adamw_with_warmup(results, trainer, cls, lr):
     plans = uxnet_plans(cls, kernel=7 if cls is UXNet else 21)
     t = trainer(plans, "3d_fullres", 0, DATASET, device=torch.device("cpu"))
+    assert t.initial_lr == lr
     t.num_epochs = 10
     network = trainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1, 3, True)
     assert type(network) is cls
@@ -80,7 +82,7 @@ def test_trainer_builds_the_plans_network_and_adamw_with_warmup(results, trainer
     assert [tuple(o.shape[2:]) for o in outputs] == [(16, 32, 32), (8, 16, 16)]
     t.network = network
     optimizer, scheduler = t.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.AdamW)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == lr
     scheduler.step(0)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(t.initial_lr / 1)  # 10 % of 10 epochs = 1 warm-up
     scheduler.step(9)
