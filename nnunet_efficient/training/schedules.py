@@ -37,10 +37,15 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None) -> typ
 
     Validation iterations per epoch keep nnU-Net's proportion (one fifth, at least one);
     ``checkpoint_latest.pth`` is written after every epoch, so ``--c`` resumes where it stopped.
+    The class derives from ``resilient(base)`` (:mod:`nnunet_efficient.training.resilience`), so
+    even under stock ``nnUNetv2_train`` an interruption saves the state and checkpoints are atomic.
     """
     name = f"{base.__name__}_{epochs}epochs" + (f"_{iterations}iters" if iterations else "")
     if name in _CACHE:
         return _CACHE[name]
+    from nnunet_efficient.training.resilience import resilient
+
+    base = resilient(base)  # nnU-Net's own trainers too: these schedules are what long CPU runs use
 
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         kwargs = {} if device is None else {"device": device}
