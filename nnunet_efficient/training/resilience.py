@@ -135,10 +135,25 @@ def guard_forked_children() -> None:
 
 
 def stop_workers(augmenter) -> None:
-    """Stop a batchgenerators augmenter's worker processes: nnU-Net's ``_finish``, then kill any left."""
+    """Stop a batchgenerators augmenter's worker processes: nnU-Net's ``_finish``, then kill any left.
+
+    ``_finish`` tells the workers to exit while its results thread may still be receiving a batch
+    whose tensors a worker shares by file descriptor; the worker is gone before the descriptor is
+    fetched and the thread dies with an ``EOFError`` traceback on stderr (a race of
+    batchgenerators and torch, seen in two of five catalogue runs). Nothing is lost: the thread's
+    death during this stop is not reported.
+    """
     if augmenter is None or not hasattr(augmenter, "_finish"):
         return  # SingleThreadedAugmenter (nnUNet_n_proc_DA=0): no workers
     processes = list(getattr(augmenter, "_processes", None) or [])
+    results_thread = getattr(augmenter, "results_loop_thread", None)
+    report = threading.excepthook
+
+    def quiet_results_thread(args):
+        if args.thread is not results_thread:
+            report(args)
+
+    threading.excepthook = quiet_results_thread
     with open(os.devnull, "w") as null:
         stdout, sys.stdout = sys.stdout, null
         try:
@@ -147,6 +162,9 @@ def stop_workers(augmenter) -> None:
             pass
         finally:
             sys.stdout = stdout
+            if results_thread is not None:
+                results_thread.join(timeout=5)
+            threading.excepthook = report
     for process in processes:
         with suppress(Exception):
             if process.is_alive():
@@ -303,6 +321,12 @@ class ResilientTraining:
             super().perform_actual_validation(save_probabilities)
         finally:
             release_fold_folder(self._resilience.lock, self.output_folder)
+
+    def on_train_end(self):
+        # stopped here first, quietly (stop_workers); nnU-Net's own _finish then has nothing left to do
+        stop_workers(self.dataloader_train)
+        stop_workers(self.dataloader_val)
+        super().on_train_end()
 
     def get_dataloaders(self):
         global _starting_workers

@@ -206,7 +206,7 @@ def test_kill_9_leaves_the_last_checkpoint_whole_and_no_worker(server, preproces
     fold = results / TRAINING_DATASET / FOLD
     pid = server.start(nnunet_efficient_train(), env=environment(results))
     wait_for(lambda: (fold / "checkpoint_latest.pth").exists(), what="checkpoint_latest.pth")
-    wait_for(lambda: epoch_of_or_none(fold / "checkpoint_latest.pth") == 2, what="the epoch-1 checkpoint")
+    wait_for(lambda: (epoch_of_or_none(fold / "checkpoint_latest.pth") or 0) >= 2, what="the epoch-1 checkpoint")
     assert len(group_members(pid)) == 4  # the training and its three workers
     os.kill(pid, signal.SIGKILL)  # the training only: its workers must follow on their own
     killed = server.wait(pid)
