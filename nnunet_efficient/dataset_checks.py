@@ -173,6 +173,7 @@ def check_preprocessed_labels(data_folder: str, allowed: set[int], identifiers: 
     except AssertionError:
         raise InputFileError(data_folder, "holds files of several formats; preprocess it again") from None
     dataset = dataset_class(data_folder, list(identifiers) if identifiers is not None else None)
+    check_preprocessed_cases(data_folder, dataset.identifiers, dataset_class)
     for identifier in dataset.identifiers:
         unexpected = unexpected_label_values(np.asarray(dataset.load_case(identifier)[1][:]), allowed)
         if unexpected:
@@ -180,3 +181,54 @@ def check_preprocessed_labels(data_folder: str, allowed: set[int], identifiers: 
             path = os.path.join(data_folder, files[0] if files else identifier)
             raise InputFileError(path, f"holds label value(s) {unexpected} that dataset.json does not list "
                                        f"(allowed: {_describe(allowed)}); fix the labels and preprocess again")
+
+
+def _case_files(identifier: str, dataset_class: type) -> list[str]:
+    """The files nnU-Net's dataset class reads for one case (its formats: blosc2, or numpy npz/npy)."""
+    if dataset_class.__name__ == "nnUNetDatasetBlosc2":
+        return [identifier + ".b2nd", identifier + "_seg.b2nd", identifier + ".pkl"]
+    return [identifier + ".npz", identifier + ".pkl"]
+
+
+def _open_case_file(path: str) -> None:
+    if path.endswith(".b2nd"):
+        import blosc2
+
+        try:
+            blosc2.open(urlpath=path, mode="r")  # checks the frame against its trailer: a cut file fails here
+        except RuntimeError:  # its message repeats the path and names a C function
+            raise ValueError("not a complete blosc2 array") from None
+    elif path.endswith(".npz"):
+        with np.load(path):  # reads the zip directory at the end of the file
+            pass
+    else:
+        from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+        load_pickle(path)
+
+
+def check_preprocessed_cases(data_folder: str, identifiers: Sequence[str], dataset_class: type,
+                             listed_in: str = "the preprocessed folder") -> None:
+    """Check that every case's preprocessed files exist and open (cheap: headers only, no decompression).
+
+    A training would otherwise meet a missing or truncated case in a data-loading worker, as a
+    traceback some iterations in (or a hang).
+
+    Raises:
+        InputFileError: the first missing or unreadable file.
+    """
+    from nnunet_efficient.inference.export import one_line
+
+    for identifier in identifiers:
+        for name in _case_files(identifier, dataset_class):
+            path = os.path.join(data_folder, name)
+            if name.endswith(".npz") and not os.path.isfile(path) and os.path.isfile(path[:-4] + ".npy"):
+                continue  # unpacked by nnU-Net: it reads the .npy files
+            if not os.path.isfile(path):
+                raise InputFileError(path, f"missing: case '{identifier}' is listed in {listed_in}; "
+                                           f"preprocess the dataset again")
+            try:
+                _open_case_file(path)
+            except Exception as error:  # noqa: BLE001 - readers raise anything on a damaged file
+                raise InputFileError(path, f"cannot be read, truncated or corrupt? ({one_line(error, 120)}); "
+                                           f"preprocess the dataset again") from None

@@ -1,10 +1,14 @@
 """``nnunet-efficient train``: ``nnUNetv2_train`` with the plugin's trainers on the search path.
 
-The arguments go to nnU-Net's own entry point untouched, so they are exactly nnUNetv2_train's, plus
-one of the plugin's: ``--torch_threads N``. With ``-device cpu`` nnU-Net's entry point sets torch to
-one thread per core; several trainings sharing a machine then fight over every core (on 2 shared
-cores that tripled the CPU time of an iteration). ``--torch_threads`` holds a CPU training at N
-threads and calls nnU-Net's ``run_training`` with the same arguments.
+The arguments are exactly nnUNetv2_train's, plus one of the plugin's: ``--torch_threads N``. With
+``-device cpu`` nnU-Net sets torch to one thread per core; several trainings sharing a machine then
+fight over every core (on 2 shared cores that tripled the CPU time of an iteration).
+``--torch_threads`` holds a CPU training at N threads.
+
+The training runs nnU-Net's own steps (``get_trainer_from_args``, ``maybe_load_checkpoint``,
+``run_training``, ``perform_actual_validation``) with the trainer made resilient, whichever trainer
+it is (:mod:`nnunet_efficient.training.resilience`): interruptions save the state, checkpoints are
+written atomically, bad checkpoints and NaN losses are one line.
 """
 
 from __future__ import annotations
@@ -57,38 +61,50 @@ def nnunet_train_arguments() -> argparse.ArgumentParser:
     for positional in ("dataset_name_or_id", "configuration", "fold"):
         parser.add_argument(positional)
     for option, default in (("-tr", "nnUNetTrainer"), ("-p", "nnUNetPlans"), ("-pretrained_weights", None),
-                            ("-num_gpus", "1"), ("-device", "cuda")):
+                            ("-device", "cuda")):
         parser.add_argument(option, default=default)
+    parser.add_argument("-num_gpus", type=int, default=1)
     for flag in ("--npz", "--c", "--val", "--val_best", "--disable_checkpointing"):
         parser.add_argument(flag, action="store_true")
     return parser
 
 
+def torch_device(name: str, threads: int | None):
+    """nnUNetv2_train's device and thread setup: all cores for a CPU training (or ``threads``), one for a GPU's."""
+    import multiprocessing
+
+    import torch
+
+    if name == "cpu":
+        torch.set_num_threads(threads or multiprocessing.cpu_count())
+    elif name == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    return torch.device(name)
+
+
 def run(args, extra: list[str]) -> int:
     from nnunet_efficient.dataset_checks import check_training_setup
+    from nnunet_efficient.training.resilience import run_training
 
     register_plugin_trainers()
-    threads, extra = split_torch_threads(extra)
-    known = None
-    if not {"-h", "--help"} & set(extra):
-        known, unknown = nnunet_train_arguments().parse_known_args(extra)
-        if threads is not None and unknown:  # nnU-Net's parser is not called then: be as strict as it is
-            raise EfficientError(f"unrecognized arguments: {' '.join(unknown)}")
-        if threads is not None and known.device != "cpu":
-            raise EfficientError(f"--torch_threads applies to -device cpu only, got -device {known.device}")
-        check_trainer(known.tr)
-        check_training_setup(known.dataset_name_or_id, known.configuration, known.fold, known.p)
-    if threads is not None and known is not None:
-        import torch
-        from nnunetv2.run.run_training import run_training
+    if {"-h", "--help"} & set(extra):
+        from nnunetv2.run.run_training import run_training_entry
 
-        torch.set_num_threads(threads)
-        run_training(known.dataset_name_or_id, known.configuration, known.fold, known.tr, known.p,
-                     known.pretrained_weights, int(known.num_gpus), known.npz, known.c, known.val,
-                     known.disable_checkpointing, known.val_best, device=torch.device("cpu"))
+        sys.argv = ["nnunet-efficient train", "-h"]
+        run_training_entry()
         return 0
-    from nnunetv2.run.run_training import run_training_entry
-
-    sys.argv = ["nnunet-efficient train", *extra]
-    run_training_entry()
+    threads, extra = split_torch_threads(extra)
+    known, unknown = nnunet_train_arguments().parse_known_args(extra)
+    if unknown:
+        raise EfficientError(f"unrecognized arguments: {' '.join(unknown)}")
+    if known.device not in ("cpu", "cuda", "mps"):
+        raise EfficientError(f"-device must be cpu, cuda or mps, got '{known.device}'")
+    if threads is not None and known.device != "cpu":
+        raise EfficientError(f"--torch_threads applies to -device cpu only, got -device {known.device}")
+    check_trainer(known.tr)
+    check_training_setup(known.dataset_name_or_id, known.configuration, known.fold, known.p)
+    run_training(known.dataset_name_or_id, known.configuration, known.fold, known.tr, known.p,
+                 known.pretrained_weights, known.num_gpus, known.npz, known.c, known.val,
+                 known.disable_checkpointing, known.val_best, device=torch_device(known.device, threads))
     return 0

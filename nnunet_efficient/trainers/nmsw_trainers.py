@@ -1,9 +1,14 @@
-"""NMSW trainers for nnU-Net's trainer lookup (the classes live in ``nnunet_efficient.training.nmsw``)."""
+"""NMSW trainers for nnU-Net's trainer lookup, made resilient under the same names.
 
-from nnunet_efficient.training.nmsw import (
-    nnUNetTrainerNMSW,
-    nnUNetTrainerNMSWGlobalOnly,
-    nnUNetTrainerNMSWLocalOnly,
-)
+The classes live in ``nnunet_efficient.training.nmsw``; :func:`~nnunet_efficient.training.resilience.resilient`
+puts the interruption, checkpoint and NaN guards first in their bases.
+"""
+
+from nnunet_efficient.training import nmsw as _training
+from nnunet_efficient.training.resilience import resilient
+
+nnUNetTrainerNMSW = resilient(_training.nnUNetTrainerNMSW)
+nnUNetTrainerNMSWGlobalOnly = resilient(_training.nnUNetTrainerNMSWGlobalOnly)
+nnUNetTrainerNMSWLocalOnly = resilient(_training.nnUNetTrainerNMSWLocalOnly)
 
 __all__ = ["nnUNetTrainerNMSW", "nnUNetTrainerNMSWGlobalOnly", "nnUNetTrainerNMSWLocalOnly"]

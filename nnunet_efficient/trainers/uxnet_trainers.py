@@ -1,5 +1,13 @@
-"""UX-Net trainers for nnU-Net's trainer lookup (the classes live in ``nnunet_efficient.training.uxnet``)."""
+"""UX-Net trainers for nnU-Net's trainer lookup, made resilient under the same names.
 
-from nnunet_efficient.training.uxnet import nnUNetTrainerRepUXNet, nnUNetTrainerUXNet
+The classes live in ``nnunet_efficient.training.uxnet``; :func:`~nnunet_efficient.training.resilience.resilient`
+puts the interruption, checkpoint and NaN guards first in their bases.
+"""
+
+from nnunet_efficient.training import uxnet as _training
+from nnunet_efficient.training.resilience import resilient
+
+nnUNetTrainerRepUXNet = resilient(_training.nnUNetTrainerRepUXNet)
+nnUNetTrainerUXNet = resilient(_training.nnUNetTrainerUXNet)
 
 __all__ = ["nnUNetTrainerRepUXNet", "nnUNetTrainerUXNet"]

@@ -105,6 +105,8 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None, seed: 
     Validation iterations per epoch keep nnU-Net's proportion (one fifth, at least one);
     ``checkpoint_latest.pth`` is written after every epoch, so ``--c`` resumes where it stopped.
     ``seed`` and ``keep_epochs``: see the module docstring.
+    The class derives from ``resilient(base)`` (:mod:`nnunet_efficient.training.resilience`), so
+    even under stock ``nnUNetv2_train`` an interruption saves the state and checkpoints are atomic.
     """
     keep_epochs = tuple(keep_epochs)
     name = schedule_name(base.__name__, epochs, iterations, seed, keep_epochs)
@@ -112,6 +114,9 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None, seed: 
         return _CACHE[name]
     if parse_schedule_name(name) != ScheduleName(base.__name__, epochs, iterations, seed, keep_epochs):
         raise ValueError(f"invalid schedule {name}: keep epochs must increase and lie before epoch {epochs}")
+    from nnunet_efficient.training.resilience import resilient
+
+    base = resilient(base)  # nnU-Net's own trainers too: these schedules are what long CPU runs use
 
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         if seed is not None:  # before anything random: the network is built later, in initialize()

@@ -1,7 +1,8 @@
 """A fork server that runs ``nnunet-efficient`` commands as child processes, imports paid once.
 
 Each request forks a child that does what the ``nnunet-efficient`` console script does
-(``sys.exit(main())`` with ``sys.argv`` set), with its own stdout and stderr files, working
+(``sys.exit(main())`` with ``sys.argv`` set; or stock ``nnUNetv2_train``'s, with ``"program":
+"nnUNetv2_train"``), with its own stdout and stderr files, working
 folder, environment additions and, for fault injection, a file-size limit. A child is a real
 process with a real exit status, real file descriptors and real signals; only the 15 s of
 importing torch and nnU-Net happen once, in this server, instead of once per case.
@@ -20,9 +21,19 @@ import sys
 import traceback
 
 
-def _child(request: dict) -> None:
+def _entry_point(program: str):
+    """The function a console script calls: ``nnunet-efficient``'s, or stock ``nnUNetv2_train``'s."""
+    if program == "nnUNetv2_train":
+        from nnunetv2.run.run_training import run_training_entry
+
+        return run_training_entry
     from nnunet_efficient.cli.main import main
 
+    return main
+
+
+def _child(request: dict) -> None:
+    program = request.get("program") or "nnunet-efficient"
     code = 1
     try:
         os.setpgid(0, 0)  # its own process group: a group SIGINT reaches the command, not the server
@@ -40,8 +51,8 @@ def _child(request: dict) -> None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             limit = int(request["max_file_bytes"])
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        sys.argv = ["nnunet-efficient", *request["argv"]]
-        code = main()
+        sys.argv = [program, *request["argv"]]
+        code = _entry_point(program)() or 0
     except SystemExit as exit_:
         if exit_.code is None or isinstance(exit_.code, int):
             code = exit_.code or 0
@@ -51,7 +62,7 @@ def _child(request: dict) -> None:
         traceback.print_exc()
         code = 130
     except BaseException:
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())  # what the interpreter does with an uncaught exception (exit 1)
     finally:
         try:
             sys.stdout.flush()

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE, dataset_json, tiny_plans, write_model_folder
 from reliability.harness import (
-    DOC_HEADER,
     LABELS,
     Catalogue,
     CommandServer,
@@ -53,7 +52,8 @@ def catalogue(workspace, tmp_path_factory):
     yield record
     target = os.environ.get("NNUNET_EFFICIENT_RELIABILITY_DOC")
     if target and record.observations:
-        Path(target).write_text(DOC_HEADER + record.markdown())
+        path = Path(target)
+        path.write_text(record.document(path.read_text() if path.is_file() else ""))
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ class Result:
     stdout: str
     stderr: str
     seconds: float
+    program: str = "nnunet-efficient"
 
     @property
     def error_lines(self) -> list[str]:
@@ -52,26 +53,28 @@ class CommandServer:
         ready = self.process.stdout.readline()
         if not ready:
             raise RuntimeError(f"command server did not start, see {logs / 'server.log'}")
-        self.started: dict[int, tuple[list[str], Path, Path, float]] = {}
+        self.started: dict[int, tuple[list[str], Path, Path, float, str]] = {}
 
     def _ask(self, request: dict) -> dict:
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())
 
-    def start(self, argv, cwd: Path | None = None, env: dict | None = None, max_file_bytes: int | None = None) -> int:
+    def start(self, argv, cwd: Path | None = None, env: dict | None = None, max_file_bytes: int | None = None,
+              program: str = "nnunet-efficient") -> int:
         self.counter += 1
         out, err = self.logs / f"{self.counter:03d}.out", self.logs / f"{self.counter:03d}.err"
         argv = [str(a) for a in argv]
         pid = self._ask({"op": "start", "argv": argv, "cwd": str(cwd or REPO), "env": env or {},
-                         "stdout": str(out), "stderr": str(err), "max_file_bytes": max_file_bytes})["pid"]
-        self.started[pid] = (argv, out, err, time.perf_counter())
+                         "stdout": str(out), "stderr": str(err), "max_file_bytes": max_file_bytes,
+                         "program": program})["pid"]
+        self.started[pid] = (argv, out, err, time.perf_counter(), program)
         return pid
 
     def wait(self, pid: int) -> Result:
         code = self._ask({"op": "wait", "pid": pid})["returncode"]
-        argv, out, err, start = self.started.pop(pid)
-        return Result(argv, code, out.read_text(), err.read_text(), time.perf_counter() - start)
+        argv, out, err, start, program = self.started.pop(pid)
+        return Result(argv, code, out.read_text(), err.read_text(), time.perf_counter() - start, program)
 
     def run(self, argv, **kwargs) -> Result:
         return self.wait(self.start(argv, **kwargs))
@@ -94,6 +97,10 @@ def run_console_script(argv, env: dict[str, str], cwd: Path | None = None, timeo
 # ---------------------------------------------------------------- the catalogue's record
 
 
+PREDICTION = "Prediction, planning and dataset checks"
+TRAINING = "Training"
+
+
 @dataclass
 class Observation:
     case: str
@@ -102,6 +109,7 @@ class Observation:
     expected: str
     returncode: int
     message: str
+    section: str = PREDICTION
 
 
 #: the predict flags most cases share, shown as "…" in the table
@@ -121,21 +129,39 @@ class Catalogue:
     def shorten(self, text: str) -> str:
         for folder, name in MODEL_NAMES.items():
             text = text.replace(f"{self.workspace}/models/{folder}", name)
-        text = re.sub(re.escape(str(self.temporary)) + r"/[^/\s]+", "$TMP", text)
+        temporary = re.escape(str(self.temporary)) + r"/[^/\s]+"
+        text = re.sub(temporary + rf"/\w+/{TRAINING_DATASET}/\w+__\w+__\w+/fold_\w+", "$FOLD", text)
+        text = re.sub(temporary + rf"/\w+/{TRAINING_DATASET}", "$PRE", text)
+        text = re.sub(temporary, "$TMP", text)
+        text = text.replace(TRAINING_ARGUMENTS, "…")
         text = text.replace(str(self.workspace), "$WS").replace(str(REPO) + "/", "")
         return re.sub(r"pid \d+", "pid N", text)
 
     def record(self, case: str, situation: str, result: Result, expected: str = "one line, exit 1",
-               message: str | None = None) -> None:
-        command = " ".join(["nnunet-efficient", *result.argv]).replace(COMMON_PREDICT_FLAGS, "…")
+               message: str | None = None, section: str = PREDICTION) -> None:
+        command = " ".join([result.program, *result.argv]).replace(COMMON_PREDICT_FLAGS, "…")
         last = message if message is not None else (result.error_lines[-1] if result.error_lines else "")
         self.observations.append(Observation(case, self.shorten(command), situation, expected, result.returncode,
-                                             self.shorten(last)))
+                                             self.shorten(last), section))
 
-    def markdown(self) -> str:
+    def document(self, existing: str = "") -> str:
+        """The catalogue file: the sections observed in this run, the others kept from ``existing``."""
+        kept = {m.group(1): m.group(0) for m in re.finditer(r"^## (.+?)\n.*?(?=^## |\Z)", existing,
+                                                            re.MULTILINE | re.DOTALL)}
+        parts = [DOC_HEADER]
+        for name, intro in SECTIONS.items():
+            rows = [o for o in self.observations if o.section == name]
+            if rows:
+                parts.append(f"## {name}\n\n{intro}{self.markdown(rows)}\n")
+            elif name in kept:
+                parts.append(kept[name].rstrip("\n") + "\n\n")
+        return "".join(parts).rstrip("\n") + "\n"
+
+    @staticmethod
+    def markdown(observations: list[Observation]) -> str:
         lines = ["| # | case | situation | command | expected | exit | observed message |",
                  "|---|---|---|---|---|---|---|"]
-        for i, o in enumerate(self.observations, 1):
+        for i, o in enumerate(observations, 1):
             cells = [str(i), o.case, o.situation, f"`{o.command}`", o.expected, str(o.returncode),
                      o.message.replace("|", "\\|")]
             lines.append("| " + " | ".join(c.replace("\n", " ") for c in cells) + " |")
@@ -144,14 +170,14 @@ class Catalogue:
 
 DOC_HEADER = """# Reliability catalogue
 
-Bad inputs and faults, each driven through a real `nnunet-efficient` command in its own process
+Bad inputs and faults, each driven through a real command in its own process
 (`tests/reliability/`), with the message the command printed. Generated by
 
 ```bash
 NNUNET_EFFICIENT_RELIABILITY_DOC=docs/reliability.md pytest tests/reliability
 ```
 
-which rewrites this file from the observations of that run, in test order. "one line, exit 1"
+which rewrites the sections of this file that the run observed, in test order. "one line, exit 1"
 means: exactly one line on stderr naming the file or argument and the problem, exit status 1, and
 no output file left behind (nor a staging folder or lock); the tests assert all three. Cases run
 in children of a fork server that has imported torch and nnU-Net once
@@ -159,6 +185,9 @@ in children of a fork server that has imported torch and nnU-Net once
 own stdout, stderr, exit status and signals), except the one marked *console script*, which
 starts `nnunet-efficient` afresh and is checked to answer identically.
 
+"""
+
+PREDICTION_INTRO = """\
 In the commands, `…` stands for `-f 0 -device cpu --disable_progress_bar --disable_tta -npp 0 -nps 0`; `$TMP` is the
 test's temporary folder, `$WS` the session's workspace (`nnUNet_raw`, `nnUNet_preprocessed` and
 the models live there); `$MODEL` is an untrained 1-channel, 3-class 3D model (window 40×56×40),
@@ -166,6 +195,23 @@ the models live there); `$MODEL` is an untrained 1-channel, 3-class 3D model (wi
 Images are the shipped Hippocampus sample (`examples/`) unless the situation says otherwise.
 
 """
+
+#: dataset 905: five shipped Hippocampus cases, preprocessed with tiny plans (harness.write_training_dataset)
+TRAINING_DATASET = "Dataset905_TrainTiny"
+TRAINING_ARGUMENTS = "905 3d_fullres 0 -p nnUNetPlansTiny"
+
+TRAINING_INTRO = """Trainings of five shipped Hippocampus cases preprocessed by nnU-Net's own preprocessor with tiny
+plans (a 3-stage U-Net, 16³ patch), fold 0, on the CPU, with two data-loading worker processes
+(`nnUNet_n_proc_DA=2`); `…` stands for `905 3d_fullres 0 -p nnUNetPlansTiny`. Commands are
+`nnunet-efficient train` with nnU-Net's own `nnUNetTrainer` in a short schedule
+(`_<E>epochs_<I>iters`), or stock `nnUNetv2_train` with the plugin on `nnUNet_extTrainer` where
+the command says so. `$FOLD` is the run's fold folder, `$PRE` the preprocessed dataset. Beyond
+the one line, the tests check that no worker process outlives its training, that no
+`*.partial` file is left, and what each checkpoint holds afterwards.
+
+"""
+
+SECTIONS = {PREDICTION: PREDICTION_INTRO, TRAINING: TRAINING_INTRO}
 
 
 # ---------------------------------------------------------------- workspace and models
@@ -247,3 +293,45 @@ def write_preprocessed_dataset(workspace: Path, dataset_id: int, name: str, case
 def left_behind(folder: Path) -> list[str]:
     """What a failed run left in an output folder (nothing when the folder does not exist)."""
     return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+# ---------------------------------------------------------------- training
+
+
+def write_training_dataset(workspace: Path, dataset_id: int = 905, name: str = "TrainTiny", cases: int = 5,
+                           features=(4, 8, 16), patch_size=(16, 16, 16)) -> Path:
+    """Shipped Hippocampus cases preprocessed by nnU-Net's own preprocessor, in-process, with tiny plans.
+
+    What ``plan_and_preprocess`` would leave (plans, data, ``gt_segmentations``, fingerprint) for
+    a 3-stage U-Net (2 would give nnU-Net zero deep-supervision weights) with a 16³ patch.
+    """
+    from conftest import SAMPLE
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    full = f"Dataset{dataset_id:03d}_{name}"
+    raw = workspace / "raw" / full
+    for kind in ("imagesTr", "labelsTr"):
+        (raw / kind).mkdir(parents=True)
+    names = sorted(p.name[:-len("_0000.nii.gz")] for p in (SAMPLE / "imagesTr").iterdir())[:cases]
+    for case in names:
+        (raw / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(SAMPLE / "imagesTr" / f"{case}_0000.nii.gz")
+        (raw / "labelsTr" / f"{case}.nii.gz").symlink_to(SAMPLE / "labelsTr" / f"{case}.nii.gz")
+    dataset = json.loads((SAMPLE / "dataset.json").read_text()) | {"numTraining": cases}
+    (raw / "dataset.json").write_text(json.dumps(dataset))
+    pre = workspace / "preprocessed" / full
+    data = pre / "nnUNetPlansTiny_3d_fullres"
+    (pre / "gt_segmentations").mkdir(parents=True)
+    data.mkdir()
+    plans = tiny_plans(patch_size, 1, features=features) | {"dataset_name": full}
+    (pre / "nnUNetPlansTiny.json").write_text(json.dumps(plans))
+    (pre / "dataset.json").write_text(json.dumps(dataset))
+    (pre / "dataset_fingerprint.json").write_text(json.dumps({"spacings": [[1.0, 1.0, 1.0]] * cases}))
+    manager = PlansManager(plans)
+    preprocessor = DefaultPreprocessor(verbose=False)
+    for case in names:
+        preprocessor.run_case_save(str(data / case), [str(raw / "imagesTr" / f"{case}_0000.nii.gz")],
+                                   str(raw / "labelsTr" / f"{case}.nii.gz"), manager,
+                                   manager.get_configuration("3d_fullres"), dataset)
+        (pre / "gt_segmentations" / f"{case}.nii.gz").write_bytes((raw / "labelsTr" / f"{case}.nii.gz").read_bytes())
+    return pre
