@@ -97,3 +97,21 @@ def test_global_unet_of_a_residual_encoder_plan_is_a_plain_unet_with_its_operati
 def test_volume_too_small_for_a_global_unet_is_one_clear_error():
     with pytest.raises(EfficientError, match="too small for a global U-Net"):
         planner_with([[6, 6, 6]]).plan_nmsw(fullres((6, 6, 6)))
+
+
+def test_plans_of_the_earlier_layout_are_refused_with_one_line():
+    from nnunet_efficient.networks.nmsw_plans import nmsw_settings
+
+    configuration = {**fullres((16, 16, 16)), "nmsw": {"volume_shape": [24, 24, 24], "global_shape": [12, 12, 12],
+                                                       "global_architecture": {}}}
+    with pytest.raises(EfficientError, match="earlier layout.*add_nmsw"):
+        nmsw_settings(configuration)
+
+
+def test_canvas_smaller_than_the_window_is_refused():
+    from nnunet_efficient.networks.nmsw_plans import nmsw_settings
+
+    configuration = {**fullres((16, 16, 16)), "nmsw": {"window_size": [20, 16, 16], "global_shape": [8, 8, 8],
+                                                       "global_architecture": {}}}
+    with pytest.raises(EfficientError, match=r"canvas\) \(16, 16, 16\) must be at least nmsw window_size"):
+        nmsw_settings(configuration)
