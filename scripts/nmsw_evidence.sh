@@ -53,8 +53,9 @@ MODEL="$nnUNet_results/Dataset005_BraTSmini/${TRAINER}__${PLANS}__3d_nmsw"
 nnunet-efficient predict -i "$WORK/test/images" -o "$WORK/test/pred_nmsw" -m "$MODEL" -f 0 \
     --strategy nmsw --disable_tta -device cpu -npp 0 -nps 0
 
-# Same weights, every strategy, in one process: sliding_window = the local branch as a stock
-# nnU-Net model over all windows (the baseline of every ratio: TTA off), then with TTA.
+# Same weights, every strategy, in one process. Since issue 21 sliding_window on an NMSW model is
+# nnU-Net's predictor running NMSW once per canvas (3d_nmsw's patch size is the canvas), not the local
+# branch over all windows as when docs/benchmarks.md was measured.
 nnunet-efficient benchmark -i "$WORK/test/images" -ref "$WORK/test/labels" -m "$MODEL" -f 0 -device cpu \
     --disable_tta -o "$WORK/benchmark" \
     --strategies sliding_window:tta=0 sliding_window:tta=1 nmsw:k=1 nmsw:k=3 nmsw:k=5 nmsw:k=10 \

@@ -8,6 +8,8 @@ A benchmark run produces one row (a dict) per case and strategy variant::
         "options": {"k": 5},              # what distinguishes variants of one strategy; may be {}
         "dice": {1: 0.91, 2: 0.84},       # per label (or region tuple); NaN = absent in both
         "mean_dice": 0.875,               # optional: NaN-skipping mean of "dice" if missing
+        "region_dice": {"WT": 0.9},       # optional: Dice of label unions (benchmark --regions)
+        "mean_region_dice": 0.9,          # optional: NaN-skipping mean of "region_dice" if missing
         "windows": 5,                     # windows evaluated by the network
         "macs": 3.1e12,
         "seconds": {"preprocess": 2.0, "network": 9.5, "export": 1.5},
@@ -41,7 +43,8 @@ import numpy as np
 BASELINE = "sliding_window"
 STAGE_ORDER = ("preprocess", "network", "export")
 # Scalar fields averaged per variant; ratio fields map to the scalar they compare.
-_SCALARS = ("mean_dice", "windows", "macs", "total_seconds", "peak_host_mib", "peak_device_mib")
+_SCALARS = ("mean_dice", "mean_region_dice", "windows", "macs", "total_seconds", "peak_host_mib", "peak_device_mib")
+_DICTS = ("dice", "region_dice", "seconds")
 _RATIOS = {
     "time_ratio": "total_seconds",
     "mac_ratio": "macs",
@@ -83,22 +86,21 @@ def _row_scalars(row: Mapping[str, Any], index: int) -> dict[str, Any]:
     for key in ("case", "strategy"):
         if key not in row:
             raise ValueError(f"Benchmark row {index} has no {key!r}; every row needs 'case' and 'strategy'.")
-    dice = {k: _num(v) for k, v in dict(row.get("dice") or {}).items()}
-    seconds = {k: _num(v) for k, v in dict(row.get("seconds") or {}).items()}
+    dicts = {field: {k: _num(v) for k, v in dict(row.get(field) or {}).items()} for field in _DICTS}
     out: dict[str, Any] = {k: _num(row.get(k)) for k in _SCALARS}
-    if math.isnan(out["mean_dice"]) and dice:
-        out["mean_dice"] = _nanmean(dice.values())
-    if math.isnan(out["total_seconds"]) and seconds:
-        out["total_seconds"] = float(sum(v for v in seconds.values() if not math.isnan(v)))
-    out["dice"] = dice
-    out["seconds"] = seconds
+    for mean, field in (("mean_dice", "dice"), ("mean_region_dice", "region_dice")):
+        if math.isnan(out[mean]) and dicts[field]:
+            out[mean] = _nanmean(dicts[field].values())
+    if math.isnan(out["total_seconds"]) and dicts["seconds"]:
+        out["total_seconds"] = float(sum(v for v in dicts["seconds"].values() if not math.isnan(v)))
+    out.update(dicts)
     return out
 
 
 def _mean_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """NaN-skipping mean of scalar fields and of the per-label/per-stage dicts."""
     out: dict[str, Any] = {k: _nanmean(r[k] for r in records) for k in _SCALARS}
-    for field in ("dice", "seconds"):
+    for field in _DICTS:
         keys: list[Any] = []
         for r in records:
             keys += [k for k in r[field] if k not in keys]
@@ -175,6 +177,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
         for name, field in _RATIOS.items():
             out[name] = _ratio(theirs[field], mine[field]) if shared else math.nan
         out["dice_diff_points"] = 100.0 * (mine["mean_dice"] - theirs["mean_dice"]) if shared else math.nan
+        out["region_dice_diff_points"] = (100.0 * (mine["mean_region_dice"] - theirs["mean_region_dice"])
+                                          if shared else math.nan)
         summary.append(out)
     return summary
 
@@ -214,14 +218,23 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
         The table as a string ending in a newline; "–" marks a value that is missing or has no
         baseline to compare with.
     """
-    header = ["Strategy", "Options", "Cases", "Mean Dice", "ΔDice (pts)", "Time (s)", "Speed-up",
-              "GMACs", "MAC ratio", "Host MiB", "Host mem ratio", "Device MiB"]
+    # region columns (benchmark --regions) only when some variant has region Dice
+    regions: list[Any] = []
+    for s in summary:
+        regions += [k for k in s.get("region_dice") or {} if k not in regions]
+    header = ["Strategy", "Options", "Cases", "Mean Dice", "ΔDice (pts)"]
+    if regions:
+        header += [f"{r} Dice" for r in regions] + ["Mean region Dice", "ΔRegion (pts)"]
+    header += ["Time (s)", "Speed-up", "GMACs", "MAC ratio", "Host MiB", "Host mem ratio", "Device MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     for s in summary:
         options = " ".join(f"{k}={v}" for k, v in sorted(s["options"].items())) or "–"
         name = s["strategy"] + (" (baseline)" if s.get("is_baseline") else "")
-        cells = [
-            name, options, str(s["n_cases"]), _fmt(s["mean_dice"], ".4f"), _fmt(s["dice_diff_points"], "+.2f"),
+        cells = [name, options, str(s["n_cases"]), _fmt(s["mean_dice"], ".4f"), _fmt(s["dice_diff_points"], "+.2f")]
+        if regions:
+            cells += [_fmt((s.get("region_dice") or {}).get(r), ".4f") for r in regions]
+            cells += [_fmt(s.get("mean_region_dice"), ".4f"), _fmt(s.get("region_dice_diff_points"), "+.2f")]
+        cells += [
             _fmt(s["total_seconds"], ".2f"), _fmt(s["time_ratio"], ".2f", "×"), _fmt(_num(s["macs"]) / 1e9, ".1f"),
             _fmt(s["mac_ratio"], ".2f", "×"), _fmt(s["peak_host_mib"], ".0f"),
             _fmt(s["host_memory_ratio"], ".2f", "×"), _fmt(s["peak_device_mib"], ".0f"),

@@ -14,9 +14,14 @@ Variants are written ``STRATEGY[:KEY=VALUE[,KEY=VALUE...]]``:
 - ``tta=0``/``tta=1``: mirroring off/on for this variant (default: on unless ``--disable_tta``);
 - ``step=S``: the sliding-window step of this variant (default: ``-step_size``); ``step=auto``: the
   step recommended by the model's patch-performance maps (``-step_size auto`` in ``predict``);
-- ``bf16=0``/``bf16=1``: bfloat16 autocast on the CPU off/on (default: off unless ``--cpu_bf16``).
+- ``bf16=0``/``bf16=1``: bfloat16 autocast on the CPU off/on (default: off unless ``--cpu_bf16``);
+- ``model=NAME``: run this variant on the model ``--models NAME=FOLDER`` names instead of ``-m``
+  (so one report compares, e.g., a stock model's sliding window with NMSW models' strategies).
 
 Example: ``sliding_window sliding_window:tta=0 sparse sparse:tta=0,margin=0 nmsw:k=1 nmsw:k=5``.
+
+``--regions WT=1,2,3,4 TC=1,3,4 ET=4`` adds the Dice of label unions
+(:mod:`nnunet_efficient.benchmark.regions`) to every row, next to the per-label Dice.
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ import torch
 from tqdm import tqdm
 
 from nnunet_efficient.benchmark.measure import PeakMemory, StageTimer, count_macs, dice_per_class, mean_dice
+from nnunet_efficient.benchmark.regions import check_regions, mean_region_dice, region_dice
 from nnunet_efficient.benchmark.report import BASELINE, write_report
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.inference.predictor import EfficientPredictor
 from nnunet_efficient.inference.strategies import STRATEGIES, InferenceStrategy, StrategyOption, get_strategy
 
-PREDICTOR_KEYS = ("tta", "step", "bf16")
+PREDICTOR_KEYS = ("tta", "step", "bf16", "model")
 _TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
@@ -76,6 +82,7 @@ class Variant:
         step: sliding-window step for this variant, ``"auto"`` (the model's recommendation), or None for
             the benchmark's default.
         bf16: bfloat16 autocast on the CPU for this variant, or None for the benchmark's default.
+        model: name of the model (``--models NAME=FOLDER``) this variant runs on, or None for ``-m``.
     """
 
     strategy: str
@@ -83,6 +90,7 @@ class Variant:
     tta: bool | None = None
     step: float | str | None = None
     bf16: bool | None = None
+    model: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -96,7 +104,7 @@ class Variant:
             raise EfficientError(f"--strategies: unknown strategy '{name}' in '{spec}'; choose one of "
                                  f"{', '.join(sorted(STRATEGIES))}")
         options: dict[str, Any] = {}
-        tta = step = bf16 = None
+        tta = step = bf16 = model = None
         for item in filter(None, rest.split(",")):
             key, eq, value = item.partition("=")
             if not eq or not key or not value:
@@ -106,6 +114,8 @@ class Variant:
                 tta = _parse_bool(value, what)
             elif key == "bf16":
                 bf16 = _parse_bool(value, what)
+            elif key == "model":
+                model = value
             elif key == "step" and value == "auto":
                 step = value
             elif key == "step":
@@ -123,7 +133,7 @@ class Variant:
             else:
                 accepted = [_short_key(name, o.dest) for o in STRATEGIES[name].options] + list(PREDICTOR_KEYS)
                 raise EfficientError(f"--strategies: '{name}' has no key '{key}'; it accepts {', '.join(accepted)}")
-        return cls(name, options, tta, step, bf16)
+        return cls(name, options, tta, step, bf16, model)
 
     def build(self, defaults: Mapping[str, Any] | None = None) -> InferenceStrategy:
         """The strategy, with ``defaults`` (option dest → value) for options the variant does not set."""
@@ -145,6 +155,8 @@ class Variant:
             out["step"] = self.step
         if self.bf16 is not None:
             out["bf16"] = int(self.bf16)
+        if self.model is not None:
+            out["model"] = self.model
         return out
 
 
@@ -329,7 +341,9 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
                   use_mirroring: bool = True, step_size: float | str = 0.5, batch_size: int = 1, repeat: int = 1,
                   checkpoint_name: str = "checkpoint_final.pth", cpu_bf16: bool = False,
                   strategy_defaults: Mapping[str, Any] | None = None,
-                  warmup: bool = True, progress: bool = True, command: str | None = None) -> dict[str, str]:
+                  warmup: bool = True, progress: bool = True, command: str | None = None,
+                  models: Mapping[str, str] | None = None,
+                  regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, str]:
     """Benchmark strategy variants on a folder of cases and write the report.
 
     Args:
@@ -351,6 +365,8 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
         warmup: one untimed pass (first case, first variant) before timing.
         progress: show a progress bar over cases × variants.
         command: the command line, recorded in ``benchmark_settings.json``.
+        models: more trained model folders by name, for variants with ``model=NAME``.
+        regions: label unions to score too (name → labels), e.g. BraTS's ``{"WT": (1, 2, 3, 4)}``.
 
     Returns:
         The report files by kind (see ``report.write_report``) plus ``settings``.
@@ -370,24 +386,40 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     for name in names:
         if names.count(name) > 1:
             raise EfficientError(f"--strategies: variant {name} is listed twice")
-    bench = Benchmark(model_folder, folds, device, use_mirroring, step_size, batch_size, checkpoint_name, cpu_bf16)
+    models = dict(models or {})
+    for variant in variants:
+        if variant.model is not None and variant.model not in models:
+            raise EfficientError(f"--strategies: model '{variant.model}' is not named by --models NAME=FOLDER "
+                                 f"(named: {', '.join(sorted(models)) or 'none'})")
+    folders_by_model = {None: model_folder, **{name: models[name] for name in {v.model for v in variants} - {None}}}
+    benches = {name: Benchmark(folder, folds, device, use_mirroring, step_size, batch_size, checkpoint_name, cpu_bf16)
+               for name, folder in folders_by_model.items()}
+    bench = benches[None]
     cases = bench.cases(images, reference)
+    for name, other in benches.items():
+        if name is not None and [c[0] for c in other.cases(images, reference)] != [c[0] for c in cases]:
+            raise EfficientError(f"model '{name}' reads other cases from {images} than {model_folder}")
+        check_regions(regions or {}, other.predictor.label_manager.foreground_labels,
+                      folders_by_model[name], other.predictor.label_manager.has_regions)
     if step_size == "auto" or any(v.step == "auto" for v in variants):
-        bench.resolve_auto_step()  # before the first timed pass, so the message is not inside the progress bar
+        for variant in variants:  # before the first timed pass, so the message is not inside the progress bar
+            if step_size == "auto" or variant.step == "auto":
+                benches[variant.model].resolve_auto_step()
     check_output_folder(output)
     folders = [os.path.join(output, name) for name in names]
     for folder in folders:
         check_output_folder(folder)
 
     if warmup:
-        bench.configure(variants[0], strategies[0])
-        bench.measure(cases[0][1], None)
+        benches[variants[0].model].configure(variants[0], strategies[0])
+        benches[variants[0].model].measure(cases[0][1], None)
 
     rows = []
     with tqdm(total=len(cases) * len(variants), desc="benchmark", unit="run", disable=not progress) as bar:
         for case, files, ref in cases:
             for variant, strategy, (name, options), folder in zip(variants, strategies, labelled, folders):
                 bar.set_postfix_str(f"{case} {variant_folder(name, options)}")
+                bench = benches[variant.model]
                 bench.configure(variant, strategy)
                 macs = bench.count_macs(files)
                 records = []
@@ -395,6 +427,9 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
                     record, segmentation = bench.measure(files, os.path.join(folder, case + bench.file_ending))
                     records.append(record)
                 dice = bench.dice(segmentation, ref)
+                if regions:
+                    scores = region_dice(segmentation, bench.reader_writer().read_seg(ref)[0][0], regions,
+                                         bench.ignore_label)
                 row = {
                     "case": case, "strategy": name, "options": options,
                     "variant": variant_folder(name, options), "describe": strategy.describe(),
@@ -402,12 +437,15 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
                     "bf16": bench.predictor.cpu_bf16 and device.type == "cpu",
                     "batch_size": batch_size, "repeats": repeat,
                     "dice": dice, "mean_dice": mean_dice(dice), "macs": macs,
+                    "model": os.path.basename(os.path.normpath(folders_by_model[variant.model])),
                     "seconds": {stage: _median([r["seconds"].get(stage) for r in records])
                                 for stage in records[0]["seconds"]},
                 }
                 for key in ("total_seconds", "windows", "network_inputs", "peak_host_mib",
                             "host_delta_mib", "peak_device_mib", "write_seconds"):
                     row[key] = _median([r[key] for r in records])
+                if regions:
+                    row["region_dice"], row["mean_region_dice"] = scores, mean_region_dice(scores)
                 if "details" in records[-1]:
                     row["details"] = records[-1]["details"]
                 rows.append(row)
@@ -418,6 +456,8 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     settings = {
         "command": command, "images": os.path.abspath(images), "reference": os.path.abspath(reference),
         "model_folder": os.path.abspath(model_folder), "folds": list(folds), "checkpoint": checkpoint_name,
+        "models": {name: os.path.abspath(folder) for name, folder in models.items()},
+        "regions": {name: list(labels) for name, labels in (regions or {}).items()},
         "tta_default": use_mirroring, "step_size_default": step_size, "auto_step": bench.auto_step,
         "cpu_bf16_default": cpu_bf16,
         "batch_size": batch_size, "repeat": repeat, "warmup": warmup, "variants": names,

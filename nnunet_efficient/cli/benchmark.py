@@ -10,7 +10,8 @@ NAME = "benchmark"
 VARIANT_HELP = (
     "Strategy variants to compare, each STRATEGY[:KEY=VALUE[,KEY=VALUE...]]. KEY is a strategy option "
     "without dashes (the strategy-name prefix may be dropped: sparse:margin=8), or tta=0/1 (mirroring "
-    "for this variant), step=S or step=auto (its sliding-window step) or bf16=0/1 (bfloat16 autocast on the CPU). "
+    "for this variant), step=S or step=auto (its sliding-window step), bf16=0/1 (bfloat16 autocast on the CPU) "
+    "or model=NAME (run it on a model of --models). "
     "Example: sliding_window sliding_window:tta=0 sparse nmsw:k=1 nmsw:k=5. The first sliding_window variant "
     "is the baseline. Default: sliding_window sparse")
 
@@ -40,6 +41,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no_warmup", action="store_true", help="skip the untimed warm-up pass")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name. Default: checkpoint_final.pth")
     p.add_argument("--disable_progress_bar", action="store_true", help="no progress bar")
+    p.add_argument("--models", nargs="+", default=(), metavar="NAME=FOLDER",
+                   help="more trained model folders, by name, for variants with model=NAME (e.g. retrofit=PATH); "
+                        "the report names each row's model")
+    p.add_argument("--regions", nargs="+", default=(), metavar="NAME=LABELS",
+                   help="also score unions of labels of a label-based model, e.g. WT=1,2,3,4 TC=1,3,4 ET=4 "
+                        "(BraTS's whole tumour, tumour core, enhancing tumour): Dice per region and their mean, "
+                        "next to the per-label Dice")
     group = p.add_argument_group("strategy options (defaults for every variant of that strategy)")
     seen = set()
     for strategy in STRATEGIES.values():
@@ -51,11 +59,20 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, extra) -> int:
+    from nnunet_efficient.benchmark.regions import parse_regions
     from nnunet_efficient.benchmark.runner import Variant, run_benchmark
     from nnunet_efficient.cli.predict import select_device
+    from nnunet_efficient.errors import EfficientError
     from nnunet_efficient.inference.strategies import STRATEGIES
 
     variants = [Variant.parse(spec) for spec in args.strategies]
+    regions = parse_regions(args.regions)
+    models = {}
+    for spec in args.models:
+        name, eq, folder = spec.partition("=")
+        if not eq or not name or not folder or name in models:
+            raise EfficientError(f"--models: '{spec}' is not NAME=FOLDER with a new NAME")
+        models[name] = folder
     defaults = {o.dest: getattr(args, o.dest) for s in STRATEGIES.values() for o in s.options}
     paths = run_benchmark(
         args.i, args.ref, args.m, args.o, variants, folds=[f if f == "all" else int(f) for f in args.f],
@@ -63,6 +80,6 @@ def run(args, extra) -> int:
         batch_size=args.batch_size, repeat=args.repeat, checkpoint_name=args.chk, cpu_bf16=args.cpu_bf16,
         strategy_defaults=defaults,
         warmup=not args.no_warmup, progress=not args.disable_progress_bar,
-        command=shlex.join(["nnunet-efficient", *sys.argv[1:]]))
+        command=shlex.join(["nnunet-efficient", *sys.argv[1:]]), models=models, regions=regions)
     print(f"report: {paths['markdown']}")
     return 0

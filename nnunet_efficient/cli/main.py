@@ -12,6 +12,7 @@ import sys
 from nnunet_efficient import __version__
 from nnunet_efficient.cli import (
     OneLineErrorParser,
+    add_nmsw,
     benchmark,
     compare,
     env,
@@ -23,7 +24,7 @@ from nnunet_efficient.cli import (
 )
 from nnunet_efficient.errors import EfficientError
 
-COMMANDS = {module.NAME: module for module in (env, train, plan, predict, export, benchmark, compare,
+COMMANDS = {module.NAME: module for module in (env, train, plan, add_nmsw, predict, export, benchmark, compare,
                                                patch_performance)}
 
 

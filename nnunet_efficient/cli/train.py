@@ -28,15 +28,15 @@ def add_parser(subparsers) -> None:
                           help="nnUNetv2_train with plugin trainers available (same arguments)")
 
 
-def check_trainer(name: str) -> None:
-    """Fail with one line when nnU-Net would not find trainer ``name``."""
+def check_trainer(name: str) -> type:
+    """The trainer class called ``name``, or one line when nnU-Net would not find it."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from nnunet_efficient.inference.input_checks import quiet_trainer_search
 
     try:
         with quiet_trainer_search():
-            recursive_find_trainer_class_by_name(name)
+            return recursive_find_trainer_class_by_name(name)
     except (RuntimeError, AssertionError):
         raise EfficientError(f"unknown trainer '{name}': not in nnunetv2.training.nnUNetTrainer nor in "
                              f"nnUNet_extTrainer={os.environ['nnUNet_extTrainer']}") from None
@@ -102,8 +102,12 @@ def run(args, extra: list[str]) -> int:
         raise EfficientError(f"-device must be cpu, cuda or mps, got '{known.device}'")
     if threads is not None and known.device != "cpu":
         raise EfficientError(f"--torch_threads applies to -device cpu only, got -device {known.device}")
-    check_trainer(known.tr)
+    trainer = check_trainer(known.tr)
     check_training_setup(known.dataset_name_or_id, known.configuration, known.fold, known.p)
+    from nnunet_efficient.training.nmsw_retrofit import check_retrofit_source, nnUNetTrainerNMSWRetrofit
+
+    if issubclass(trainer, nnUNetTrainerNMSWRetrofit):  # the source model, before nnU-Net starts
+        check_retrofit_source(known.dataset_name_or_id, known.configuration, known.fold, known.p)
     run_training(known.dataset_name_or_id, known.configuration, known.fold, known.tr, known.p,
                  known.pretrained_weights, known.num_gpus, known.npz, known.c, known.val,
                  known.disable_checkpointing, known.val_best, device=torch_device(known.device, threads))

@@ -13,6 +13,7 @@ Example:
     ...                         random_window_start=[draw_random_window_start(label[0], (64,) * 3, gen)])
     >>> loss = dice_ce(out["logits"], label) + ... + ENTROPY_WEIGHT * score_entropy(out["masked_scores"])
     >>> pred = net.forward_infer(image, k=5)["logits"]
+    >>> pred = net(image)  # the same with the default k_infer: what nnU-Net's predictor calls
 """
 
 from __future__ import annotations
@@ -272,8 +273,15 @@ def _freeze_deep_supervision_heads(unet: nn.Module) -> None:
 class NMSWNetwork(nn.Module):
     """Global branch + scorer + differentiable top-k + local branch + learned merge.
 
-    ``forward(x)`` is the local network alone, so nnU-Net's stock sliding-window predictor run
-    on an NMSW model still works (as a plain sliding window of the local branch).
+    ``forward(x)`` on a whole volume (the canvas) is the whole NMSW inference
+    (:meth:`forward_infer` with ``k_infer`` windows, its logits). Configuration ``3d_nmsw`` sets
+    nnU-Net's ``patch_size`` to that canvas, so nnU-Net's stock predictor (``nnUNetv2_predict``,
+    the end-of-training validation) pads each case to the canvas and calls ``forward`` once per
+    mirrored copy: the global pass, the top-k and the learned merge run. A case larger than the
+    canvas is covered by nnU-Net with several canvas-sized windows (each a whole NMSW inference,
+    Gaussian-blended), whereas ``nnunet-efficient predict --strategy nmsw`` runs one NMSW
+    inference on the whole case (the global branch then sees it at a coarser scale); within the
+    canvas both give the same labels.
     ``local_net`` is a plain attribute: its ``state_dict`` keys are ``local_net.*``, so a stock
     nnU-Net model's weights load into it.
 
@@ -332,15 +340,16 @@ class NMSWNetwork(nn.Module):
         self.tau = float(tau)
 
     def forward(self, x: torch.Tensor, train: dict | None = None) -> torch.Tensor | dict:
-        """The local network on a window batch ``(W, C_in, *window)`` (see the class docstring).
+        """NMSW inference on whole volumes ``(B, C_in, X, Y, Z)``: logits ``(B, classes, X, Y, Z)``.
 
-        With ``train`` (the keyword arguments of :meth:`forward_train`) it runs the joint training
-        pass on whole volumes instead: training must go through ``forward`` so that a
+        Every axis must be at least the window (nnU-Net pads to the canvas first). With ``train``
+        (the keyword arguments of :meth:`forward_train`) it runs the joint training pass instead
+        and returns its dict: training must go through ``forward`` so that a
         ``DistributedDataParallel`` wrapper synchronises its gradients.
         """
         if train is not None:
             return self.forward_train(x, **train)
-        return self.local_net(x)
+        return self.forward_infer(x)["logits"]
 
     # ------------------------------------------------------------------ geometry helpers
     def grid(self, image_shape: Sequence[int]) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:

@@ -9,7 +9,7 @@ deep supervision, batch size and compilation). They are exported to nnU-Net's tr
 ``nnunet_efficient/trainers/nmsw_trainers.py``.
 
 Whole volumes: a training sample is the whole preprocessed volume on the plans' canvas
-(``nmsw.volume_shape``): nnU-Net's own ``nnUNetDataLoader`` is asked for a "patch" of that
+(``3d_nmsw``'s ``patch_size``): nnU-Net's own ``nnUNetDataLoader`` is asked for a patch of that
 shape, so smaller volumes are zero-padded at a random offset (label padding becomes
 background) and larger ones are cropped (foreground-biased as nnU-Net's oversampling) — a
 random translation, the reference's only spatial augmentation. Augmentation is otherwise
@@ -20,6 +20,7 @@ scaling (a full-volume resampling per sample), blur and low-resolution simulatio
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import ClassVar
 
 import torch
@@ -69,9 +70,8 @@ def build_nmsw_network(configuration_manager: ConfigurationManager, num_input_ch
     global_net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                         num_input_channels, num_output_channels, allow_init=True,
                                         deep_supervision=False)
-    return NMSWNetwork(global_net, local, num_output_channels, configuration_manager.patch_size,
-                       settings.global_shape, step=settings.step, k_train=settings.k_train,
-                       k_infer=settings.k_infer)
+    return NMSWNetwork(global_net, local, num_output_channels, settings.window_size, settings.global_shape,
+                       step=settings.step, k_train=settings.k_train, k_infer=settings.k_infer)
 
 
 def whole_volume_training_transforms(mirror_axes, use_mask_for_norm=None) -> ComposeTransforms:
@@ -104,20 +104,24 @@ class nnUNetTrainerNMSW(nnUNetTrainer):
     Loss (all weights 1): nnU-Net's Dice+CE on the merged full-resolution logits, on the global
     logits (label nearest-downsampled) and on the local windows (the ``k_train`` top-k windows
     plus one random, foreground-biased window), minus 1e-5 x the score entropy. Optimiser,
-    schedule, epochs and gradient clipping are nnU-Net's (the reference uses AdamW 3e-4 with
-    cosine decay); deep supervision is off (the merge uses full-resolution logits only).
+    schedule, epochs and gradient clipping are nnU-Net's (``nnUNetTrainerNMSWAdamW`` trains with
+    the reference's AdamW 3e-4, cosine decay and clipping at 1); deep supervision is off (the
+    merge uses full-resolution logits only).
     Validation during training and the final validation use the ``nmsw`` strategy (plans'
     ``k_infer``, no noise); the final one mirrors like nnU-Net's.
 
     Use with configuration ``3d_nmsw`` of plans made by ``nnUNetPlannerNMSW`` /
-    ``nnUNetPlannerNMSWCPU``. The training pass goes through the (possibly DDP-wrapped)
-    network's ``forward``, so ``-num_gpus`` > 1 synchronises gradients like any nnU-Net model.
+    ``nnUNetPlannerNMSWCPU`` or extended by ``nnunet-efficient add_nmsw``. The training pass goes
+    through the (possibly DDP-wrapped) network's ``forward``, so ``-num_gpus`` > 1 synchronises
+    gradients like any nnU-Net model.
     """
 
     #: strategy of the end-of-training validation (an ``EfficientPredictor`` strategy name).
     inference_strategy: ClassVar[str] = "nmsw"
     #: mirroring TTA in the end-of-training validation (nnU-Net: on).
     validation_mirroring: ClassVar[bool] = True
+    #: gradient-norm clipping of a training step (nnU-Net's 12; the reference's 1).
+    grad_clip_norm: ClassVar[float] = 12.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -211,12 +215,12 @@ class nnUNetTrainerNMSW(nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
             self.optimizer.step()
         return {"loss": loss.detach().cpu().numpy()}
 
@@ -287,8 +291,18 @@ class nnUNetTrainerNMSWLocalOnly(nnUNetTrainer):
 
     This is nnU-Net's own trainer; on configuration ``3d_nmsw`` it trains exactly what
     ``nnUNetTrainer`` trains on ``3d_fullres`` (same data, network, patch and batch size), under
-    its own output folder. Predict with the ``sliding_window`` strategy.
+    its own output folder: the configuration's patch size (NMSW's canvas) is set back to the
+    window, in the plans this trainer keeps with its model, so stock prediction (and the
+    ``sliding_window`` strategy) slide windows of the local branch.
     """
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        window = nmsw_settings(PlansManager(plans).get_configuration(configuration).configuration,
+                               f"configuration '{configuration}'").window_size
+        plans = deepcopy(plans)
+        plans["configurations"][configuration]["patch_size"] = list(window)
+        super().__init__(plans, configuration, fold, dataset_json, device)
 
 
 __all__ = ["build_nmsw_network", "nnUNetTrainerNMSW", "nnUNetTrainerNMSWGlobalOnly", "nnUNetTrainerNMSWLocalOnly",

@@ -39,7 +39,7 @@ def test_command_line_options_are_defaults_that_a_variant_overrides():
 
 @pytest.mark.parametrize("spec, message", [
     ("nope", "unknown strategy 'nope'"),
-    ("sparse:width=3", "'sparse' has no key 'width'; it accepts margin, tta, step, bf16"),
+    ("sparse:width=3", "'sparse' has no key 'width'; it accepts margin, tta, step, bf16, model"),
     ("sparse:margin=two", "expected int, got 'two'"),
     ("sliding_window:tta=maybe", "expected 0 or 1"),
     ("sliding_window:step=1.5", "must be in (0, 1]"),
@@ -49,3 +49,11 @@ def test_bad_variants_are_user_errors(spec, message):
     with pytest.raises(EfficientError) as error:
         Variant.parse(spec)
     assert message in str(error.value)
+
+
+def test_model_key_runs_a_variant_on_a_named_model():
+    variant = Variant.parse("nmsw:k=5,model=joint")
+    assert variant.model == "joint" and dict(variant.options) == {"k": 5}
+    assert variant.report_options() == {"k": 5, "model": "joint"}
+    assert variant_folder("nmsw", variant.report_options()) == "nmsw__k=5__model=joint"
+    assert Variant.parse("nmsw").model is None

@@ -102,3 +102,40 @@ def test_missing_reference_is_one_line_and_writes_nothing(hippocampus_model, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reference label of case 'hippocampus_038' is missing" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_regions_and_a_second_model_in_one_report(hippocampus_model, tmp_path, one_thread_cpu):
+    from conftest import write_model_folder
+
+    plans = json.loads((hippocampus_model / "plans.json").read_text())
+    dataset = json.loads((hippocampus_model / "dataset.json").read_text())
+    other = write_model_folder(tmp_path / "other" / "nnUNetTrainer__nnUNetPlansTiny__3d_fullres", plans, dataset,
+                               seed=1)
+    out = tmp_path / "out"
+    assert benchmark(hippocampus_model, out, "--disable_tta", "--no_warmup", "--strategies", "sliding_window",
+                     "sliding_window:model=other", "--models", f"other={other}",
+                     "--regions", "HIP=1,2", "POST=2") == 0
+    data = json.loads((out / "benchmark.json").read_text())
+    assert [s["label"] for s in data["summary"]] == ["sliding_window", "sliding_window model=other"]
+    metrics = compute_metrics_on_folder(str(SAMPLE / "labelsTs"), str(out / "sliding_window__model=other"), None,
+                                        SimpleITKIO(), ".nii.gz", [(1, 2), 2], num_processes=1)
+    nnunet = {os.path.basename(c["prediction_file"])[:-len(".nii.gz")]: c["metrics"]
+              for c in metrics["metric_per_case"]}
+    rows = [r for r in data["rows"] if r["variant"] == "sliding_window__model=other"]
+    assert len(rows) == len(CASES)
+    for row in rows:
+        assert row["model"] == other.name
+        for name, region in (("HIP", (1, 2)), ("POST", 2)):
+            assert row["region_dice"][name] == pytest.approx(nnunet[row["case"]][region]["Dice"], abs=1e-12)
+        assert row["region_dice"]["POST"] == row["dice"]["2"]
+    # another model's weights: other labels
+    first = {r["case"]: r["region_dice"]["HIP"] for r in data["rows"] if r["variant"] == "sliding_window"}
+    assert any(first[r["case"]] != r["region_dice"]["HIP"] for r in rows)
+    assert "HIP Dice" in (out / "benchmark.md").read_text()
+
+
+def test_region_of_a_label_the_model_lacks_is_one_line(hippocampus_model, tmp_path, capsys):
+    assert benchmark(hippocampus_model, tmp_path / "out", "--regions", "WT=1,2,3,4") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "WT names label(s) [3, 4]" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -21,8 +21,8 @@ def nmsw_plans() -> dict:
     """Tiny plans with a 3d_nmsw configuration as nnUNetPlannerNMSW writes it: 8 candidates."""
     plans = tiny_plans(WINDOW, 1, features=(4, 8))
     architecture = copy.deepcopy(plans["configurations"]["3d_fullres"]["architecture"])
-    plans["configurations"]["3d_nmsw"] = {"inherits_from": "3d_fullres", "nmsw": {
-        "volume_shape": list(VOLUME), "global_shape": list(GLOBAL), "global_architecture": architecture,
+    plans["configurations"]["3d_nmsw"] = {"inherits_from": "3d_fullres", "patch_size": list(VOLUME), "nmsw": {
+        "window_size": list(WINDOW), "global_shape": list(GLOBAL), "global_architecture": architecture,
         "step": 0.5, "k_train": 4, "k_infer": 5, "batch_size": 1}}
     return plans
 
@@ -133,15 +133,87 @@ def test_zoom_evaluates_one_window_per_predicted_class(model):
     assert logits.shape == (3, *VOLUME) and torch.isfinite(logits).all()
 
 
-def test_sliding_window_on_an_nmsw_model_is_the_local_branch(model):
+@pytest.mark.parametrize("use_mirroring", [False, True], ids=["no_tta", "tta"])
+@pytest.mark.parametrize("shape", [VOLUME, (20, 24, 17)], ids=["canvas", "padded"])
+def test_stock_nnunet_predictor_on_an_nmsw_model_runs_nmsw(model, use_mirroring, shape):
+    """nnU-Net's own predictor pads to the canvas (the 3d_nmsw patch size) and calls the network once
+    per mirrored copy: the global pass, top-k (k_infer) and learned merge run, and its labels equal
+    the ``nmsw`` strategy's up to float16 rounding.
+
+    nnU-Net weighs its one canvas-sized window with its float16 Gaussian (peak 10, sigma = canvas/8),
+    which underflows float16's normal range towards the canvas's corners: there, and where two
+    classes' logits nearly tie, rounding decides. Everywhere else the labels are identical.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
     net, plans, dataset = model
-    x = volume()
-    nmsw_sw = predictor_for(model, "sliding_window").predict_sliding_window_return_logits(x)
     manager = PlansManager(plans)
-    stock = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False)
-    stock.manual_initialization(net.local_net, manager, manager.get_configuration("3d_fullres"), None, dataset,
+    x = volume(shape, seed=4)
+    stock = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=use_mirroring)
+    stock.manual_initialization(net, manager, manager.get_configuration("3d_nmsw"), None, dataset,
+                                "nnUNetTrainerNMSW", (0, 1, 2))
+    stock_labels = stock.predict_sliding_window_return_logits(x).argmax(0)
+    nmsw = predictor_for(model, "nmsw", use_mirroring=use_mirroring, accumulate_dtype=torch.float32)
+    nmsw_logits = nmsw.predict_sliding_window_return_logits(x)
+    assert nmsw.last_run.windows == 5  # the plans' k_infer, of 8 candidates
+    top2 = nmsw_logits.topk(2, 0).values
+    weight = compute_gaussian(VOLUME, sigma_scale=1. / 8, value_scaling_factor=10, device=torch.device("cpu"))
+    padded_away = [(c - n) // 2 for c, n in zip(VOLUME, shape)]  # pad_nd_image centres the volume
+    weight = weight[tuple(slice(p, p + n) for p, n in zip(padded_away, shape))]
+    decided = (top2[0] - top2[1] > 1e-2) & (weight >= 2 ** -14)
+    assert decided.float().mean() > 0.7
+    assert torch.equal(stock_labels[decided], nmsw_logits.argmax(0)[decided])
+    assert (stock_labels == nmsw_logits.argmax(0)).float().mean() > 0.98
+    # ... and not the local branch's sliding window (what stock prediction used to run)
+    local = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=use_mirroring)
+    local.manual_initialization(net.local_net, manager, manager.get_configuration("3d_fullres"), None, dataset,
                                 "nnUNetTrainer", (0, 1, 2))
-    assert torch.equal(nmsw_sw, stock.predict_sliding_window_return_logits(x))
+    assert (stock_labels != local.predict_sliding_window_return_logits(x).argmax(0)).float().mean() > 0.1
+
+
+def test_sliding_window_strategy_on_an_nmsw_model_is_nnunets_predictor(model):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    net, plans, dataset = model
+    manager = PlansManager(plans)
+    x = volume()
+    stock = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False)
+    stock.manual_initialization(net, manager, manager.get_configuration("3d_nmsw"), None, dataset,
+                                "nnUNetTrainerNMSW", (0, 1, 2))
+    plugin = predictor_for(model, "sliding_window")
+    assert torch.equal(plugin.predict_sliding_window_return_logits(x), stock.predict_sliding_window_return_logits(x))
+    assert plugin.last_run.windows == 1  # one canvas
+
+
+@pytest.mark.parametrize("on_device", [True, False], ids=["on_device", "not_on_device"])
+@pytest.mark.parametrize("accumulate_dtype", [torch.float16, torch.float32])
+def test_not_on_device_keeps_the_merged_logits_on_the_host(model, on_device, accumulate_dtype):
+    net, plans, dataset = model
+    manager = PlansManager(plans)
+    predictor = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False, strategy="nmsw",
+                                   perform_everything_on_device=on_device, accumulate_dtype=accumulate_dtype)
+    predictor.manual_initialization(net, manager, manager.get_configuration("3d_nmsw"), None, dataset,
+                                    "nnUNetTrainerNMSW", (0, 1, 2))
+    # nnU-Net switches perform_everything_on_device off for a CPU device; a CUDA device keeps it (GPU test below)
+    assert predictor.perform_everything_on_device is False
+    logits = predictor.predict_sliding_window_return_logits(volume())
+    assert logits.device.type == "cpu" and logits.dtype == accumulate_dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("on_device", [True, False], ids=["on_device", "not_on_device"])
+def test_not_on_device_on_cuda_runs_the_network_on_the_gpu_and_merges_on_the_host(model, on_device):
+    net, plans, dataset = model
+    manager = PlansManager(plans)
+    predictor = EfficientPredictor(device=torch.device("cuda"), allow_tqdm=False, use_mirroring=False, strategy="nmsw",
+                                   perform_everything_on_device=on_device)
+    predictor.manual_initialization(copy.deepcopy(net), manager, manager.get_configuration("3d_nmsw"), None,
+                                    dataset, "nnUNetTrainerNMSW", (0, 1, 2))
+    logits = predictor.predict_sliding_window_return_logits(volume())
+    assert logits.device.type == ("cuda" if on_device else "cpu")
+    reference = predictor_for(model, "nmsw").predict_sliding_window_return_logits(volume())
+    assert (logits.cpu().argmax(0) == reference.argmax(0)).float().mean() >= 0.999
 
 
 @pytest.mark.parametrize("strategy", ["nmsw", "zoom"])

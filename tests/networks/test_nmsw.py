@@ -375,15 +375,24 @@ def test_global_shape_not_divisible_by_the_global_stride_is_rejected():
         make_nmsw(global_shape=(12, 12, 10))
 
 
-def test_local_net_keeps_stock_state_dict_keys_and_forward_is_the_local_net():
+def test_local_net_keeps_stock_state_dict_keys():
     net = make_nmsw()
     local = make_unet()
     net.local_net.load_state_dict(local.state_dict())
     keys = net.state_dict().keys()
     assert {f"local_net.{k}" for k in local.state_dict()} <= set(keys)
-    x = image((16, 16, 16))
+
+
+def test_forward_on_a_canvas_is_the_whole_nmsw_inference_not_the_local_net():
+    net = make_nmsw().eval()
+    x = image((24, 24, 24))
     with torch.no_grad():
-        assert torch.equal(net.eval()(x), local.eval()(x))
+        logits = net(x)
+        assert torch.equal(logits, net.forward_infer(x)["logits"])  # k_infer windows, learned merge
+        assert logits.shape == (1, 3, 24, 24, 24)
+        # the global branch matters: a global head biased to class 2 changes voxels no window covers
+        net.global_branch.unet.decoder.seg_layers[-1].bias.add_(torch.tensor([0.0, 0.0, 30.0]))
+        assert not torch.equal(net(x), logits)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

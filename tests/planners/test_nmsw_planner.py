@@ -43,9 +43,12 @@ def test_planners_are_registered():
 
 def test_brats_sized_volume_gets_a_global_input_of_about_one_window():
     planner = planner_with([[155, 240, 240]] * 3 + [[150, 230, 235]])
-    entry = planner.plan_nmsw(fullres((48, 80, 80)))
-    # 90th percentile of the shapes, at least the patch
-    assert entry["volume_shape"] == [155, 240, 240]
+    configuration = planner.plan_nmsw(fullres((48, 80, 80)))
+    entry = configuration["nmsw"]
+    # the canvas is nnU-Net's patch size: the 90th percentile of the shapes, at least the 3d_fullres patch;
+    # the 3d_fullres patch is the local window
+    assert configuration["inherits_from"] == "3d_fullres"
+    assert configuration["patch_size"] == [155, 240, 240] and entry["window_size"] == [48, 80, 80]
     # factor cbrt(155*240*240 / (48*80*80)) = 3.07 > 2: ~ (50, 78, 78), rounded up to the pooling
     assert np.prod(entry["global_shape"]) <= 1.2 * 48 * 80 * 80
     assert all(2.5 < f < 3.5 for f in entry["downsampling_factors"])
@@ -56,22 +59,59 @@ def test_brats_sized_volume_gets_a_global_input_of_about_one_window():
 
 
 def test_volume_smaller_than_the_patch_is_raised_to_the_patch_and_halved():
-    entry = planner_with([[30, 40, 30], [36, 50, 36]]).plan_nmsw(fullres((40, 56, 40)))
-    assert entry["volume_shape"] == [40, 56, 40]
-    assert entry["global_shape"] == [20, 28, 20]  # the minimum downsampling, 2
+    configuration = planner_with([[30, 40, 30], [36, 50, 36]]).plan_nmsw(fullres((40, 56, 40)))
+    assert configuration["patch_size"] == configuration["nmsw"]["window_size"] == [40, 56, 40]
+    assert configuration["nmsw"]["global_shape"] == [20, 28, 20]  # the minimum downsampling, 2
 
 
 def test_plans_entry_builds_a_working_nmsw_network():
     plans = tiny_plans((16, 16, 16), 1, features=(4, 8))
     planner = planner_with([[40, 36, 32]])
     planner.UNet_base_num_features, planner.UNet_max_features_3d = 4, 8
-    plans["configurations"]["3d_nmsw"] = {"inherits_from": "3d_fullres",
-                                          "nmsw": planner.plan_nmsw(plans["configurations"]["3d_fullres"])}
+    plans["configurations"]["3d_nmsw"] = planner.plan_nmsw(plans["configurations"]["3d_fullres"])
     net = build_nmsw_network(PlansManager(plans).get_configuration("3d_nmsw"), 1, 2).eval()
-    volume = plans["configurations"]["3d_nmsw"]["nmsw"]["volume_shape"]
+    volume = plans["configurations"]["3d_nmsw"]["patch_size"]
+    assert net.window_size == (16, 16, 16) and volume == [40, 36, 32]
     assert net.forward_infer(torch.randn(1, 1, *volume), k=2)["logits"].shape == (1, 2, *volume)
+
+
+def test_global_unet_of_a_residual_encoder_plan_is_a_plain_unet_with_its_operations():
+    plans = tiny_plans((16, 16, 16), 1, features=(4, 8))
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kwargs = arch["arch_kwargs"]
+    kwargs["n_blocks_per_stage"] = kwargs.pop("n_conv_per_stage")
+    planner = planner_with([[40, 36, 32]])
+    planner.UNet_base_num_features, planner.UNet_max_features_3d = 4, 8
+    plans["configurations"]["3d_nmsw"] = planner.plan_nmsw(plans["configurations"]["3d_fullres"])
+    global_arch = plans["configurations"]["3d_nmsw"]["nmsw"]["global_architecture"]
+    assert global_arch["network_class_name"].endswith("unet.PlainConvUNet")
+    assert "n_blocks_per_stage" not in global_arch["arch_kwargs"]
+    assert global_arch["arch_kwargs"]["norm_op"] == kwargs["norm_op"]
+    net = build_nmsw_network(PlansManager(plans).get_configuration("3d_nmsw"), 1, 2).eval()
+    assert type(net.local_net).__name__ == "ResidualEncoderUNet"
+    assert type(net.global_branch.unet).__name__ == "PlainConvUNet"
+    assert net(torch.randn(1, 1, 40, 36, 32)).shape == (1, 2, 40, 36, 32)
 
 
 def test_volume_too_small_for_a_global_unet_is_one_clear_error():
     with pytest.raises(EfficientError, match="too small for a global U-Net"):
         planner_with([[6, 6, 6]]).plan_nmsw(fullres((6, 6, 6)))
+
+
+def test_plans_of_the_earlier_layout_are_refused_with_one_line():
+    from nnunet_efficient.networks.nmsw_plans import nmsw_settings
+
+    configuration = {**fullres((16, 16, 16)), "nmsw": {"volume_shape": [24, 24, 24], "global_shape": [12, 12, 12],
+                                                       "global_architecture": {}}}
+    with pytest.raises(EfficientError, match="earlier layout.*add_nmsw"):
+        nmsw_settings(configuration)
+
+
+def test_canvas_smaller_than_the_window_is_refused():
+    from nnunet_efficient.networks.nmsw_plans import nmsw_settings
+
+    configuration = {**fullres((16, 16, 16)), "nmsw": {"window_size": [20, 16, 16], "global_shape": [8, 8, 8],
+                                                       "global_architecture": {}}}
+    with pytest.raises(EfficientError, match=r"canvas\) \(16, 16, 16\) must be at least nmsw window_size"):
+        nmsw_settings(configuration)

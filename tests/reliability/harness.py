@@ -249,8 +249,8 @@ def nmsw_plans() -> dict:
     """Tiny plans with a 3d_nmsw configuration as nnUNetPlannerNMSW writes it."""
     plans = tiny_plans((16, 16, 16), 1, features=(4, 8))
     architecture = copy.deepcopy(plans["configurations"]["3d_fullres"]["architecture"])
-    plans["configurations"]["3d_nmsw"] = {"inherits_from": "3d_fullres", "nmsw": {
-        "volume_shape": [24, 24, 24], "global_shape": [12, 12, 12], "global_architecture": architecture,
+    plans["configurations"]["3d_nmsw"] = {"inherits_from": "3d_fullres", "patch_size": [24, 24, 24], "nmsw": {
+        "window_size": [16, 16, 16], "global_shape": [12, 12, 12], "global_architecture": architecture,
         "step": 0.5, "k_train": 4, "k_infer": 3, "batch_size": 1}}
     return plans
 

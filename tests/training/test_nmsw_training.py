@@ -74,8 +74,10 @@ def test_planner_writes_a_3d_nmsw_configuration(trained):
     assert configuration["inherits_from"] == "3d_fullres" and plans["experiment_planner_used"] == "nnUNetPlannerNMSWCPU"
     manager = PlansManager(plans).get_configuration("3d_nmsw")
     settings = nmsw_settings(manager.configuration)
-    assert manager.patch_size == plans["configurations"]["3d_fullres"]["patch_size"]
-    assert all(v >= p for v, p in zip(settings.volume_shape, manager.patch_size))
+    # nnU-Net's patch size is NMSW's canvas, the local window the 3d_fullres patch
+    assert settings.window_size == tuple(plans["configurations"]["3d_fullres"]["patch_size"])
+    assert settings.volume_shape == tuple(manager.patch_size)
+    assert all(v >= w for v, w in zip(settings.volume_shape, settings.window_size))
     assert all(g <= v for g, v in zip(settings.global_shape, settings.volume_shape))
 
 

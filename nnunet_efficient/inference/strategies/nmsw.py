@@ -10,10 +10,15 @@ measures the choice of windows only (SPEC 3.7):
   documented in :func:`~nnunet_efficient.networks.nmsw_baselines.zoom_infer`).
 - ``global``: the global branch alone, upsampled (no window; the floor of every other strategy).
 
-``sliding_window`` also works on an NMSW model: the model's ``forward`` is its local branch.
+``sliding_window`` on an NMSW model is nnU-Net's own predictor on it: one NMSW inference per
+canvas-sized window (the model's ``forward`` is the whole NMSW inference, with ``k_infer`` windows).
 
-Each volume is first zero-padded to the plans' ``nmsw.volume_shape`` (training pads the same
-way, so the global branch sees the training scale) and cropped back afterwards. Mirroring TTA
+Each volume is first zero-padded to the plans' canvas (``3d_nmsw``'s ``patch_size``; training pads
+the same way, so the global branch sees the training scale) and cropped back afterwards. A volume
+larger than the canvas is not padded and runs as one NMSW inference (stock ``nnUNetv2_predict``
+slides canvas-sized NMSW inferences over it instead; within the canvas both agree).
+With ``perform_everything_on_device=False`` (``--not_on_device``) the network runs on the device
+and the merged logits are kept on the host. Mirroring TTA
 flips the whole volume and runs the whole strategy per flip (the global pass included), then
 averages the logits, as nnU-Net averages mirrored windows.
 
@@ -139,11 +144,13 @@ class NMSWStrategy(InferenceStrategy):
         settings = nmsw_predictor_settings(predictor)
         padded, revert = pad_nd_image(data, settings.volume_shape, "constant", {"value": 0}, True, None)
         image = padded[None].to(predictor.device)
+        # the merged logits stay on the host with --not_on_device, as nnU-Net's aggregation buffers do
+        results_device = predictor.device if predictor.perform_everything_on_device else torch.device("cpu")
         variants = [(), *mirror_axes_combinations(predictor.mirror_axes)]
         run, total = NMSWRun(), None
         if self.compact and predictor.accumulate_dtype != torch.float32:
             total = torch.zeros((net.num_classes, *image.shape[2:]), dtype=predictor.accumulate_dtype,
-                                device=image.device)
+                                device=results_device)
         with predictor.window_progress(len(variants)) as progress:
             for axes in variants:
                 flipped = torch.flip(image, axes) if axes else image
@@ -151,7 +158,7 @@ class NMSWStrategy(InferenceStrategy):
                     else self.infer_into(net, flipped, total, tuple(a - 2 for a in axes))
                 if windows is None:  # the network's float32 merge
                     logits, windows = self.infer(net, flipped)
-                    logits = torch.flip(logits, axes)[0] if axes else logits[0]
+                    logits = (torch.flip(logits, axes)[0] if axes else logits[0]).to(results_device)
                     total = logits.float() if total is None else total.add_(logits)
                 run.windows = run.windows or windows
                 run.network_inputs += windows
