@@ -8,8 +8,10 @@
 #   nnUNetTrainerUNETR             nnUNetPlansUNETRCPU 3d_fullres          (dense UNETR, layer decay 0.75)
 #   nnUNetTrainerTokenSparseUNETR  nnUNetPlansUNETRCPU 3d_tokensparse_p90  (90 % of the tokens pruned per stage)
 # Each entry gets ARCH_MINUTES CPU-minutes of training steps (compare times each trainer's own step and turns the
-# budget into epochs of 50 iterations; the demo's U-Net reached 0.854 after 1,500 iterations, about 2 CPU-hours of
-# the CPU plan). Every run is seeded: nnUNetTrainer and the entry named by ARCH_SEEDED_ENTRY run with seeds 0 and 1
+# budget into epochs of 50 iterations; the demo's U-Net reached 0.854 after 1,500 iterations). The default, 45, was
+# set on a 2-core AMD EPYC with AVX-512 (Zen 4), where nnU-Net's CPU-plan step takes 0.85 CPU s: 3,150 U-Net
+# iterations, twice the demo's. The earlier 30-minute tables were timed on a Zen 1 machine at 3.64 s per step
+# (500 iterations), so CPU-minutes are only comparable on one machine; the iterations are what carry over. Every run is seeded: nnUNetTrainer and the entry named by ARCH_SEEDED_ENTRY run with seeds 0 and 1
 # (the table then says whether their difference exceeds the run-to-run spread), the others with seed 0. Each run
 # keeps checkpoints at ARCH_SNAPSHOTS of its schedule and scores them on the held-out cases: the learning curves
 # (held-out Dice against CPU-minutes, points inside one schedule, not separately trained budgets).
@@ -21,17 +23,17 @@
 # Dataset204_HippocampusHoldout exactly as scripts/compare_evidence.sh does (first 200 cases sorted by name for
 # training, fold 0 = 192 train / 8 validation, the last 40 held out as imagesTs/labelsTs).
 #
-# Cost: 8 runs x ARCH_MINUTES (default 120) = 16 CPU-hours of training steps, plus per run nnU-Net's per-epoch
+# Cost: 8 runs x ARCH_MINUTES (default 45) = 6 CPU-hours of training steps, plus per run nnU-Net's per-epoch
 # validation, data augmentation, 4 predictions of the 40 held-out cases, and per entry a timing run. With one
 # training at a time (ARCH_JOBS=1, one torch thread; the augmentation workers take the second core) about
-# 20-24 hours of wall time on 2 cores. NOT run in CI.
+# 8-10 hours of wall time on 2 cores. NOT run in CI.
 #
 # Resumable: all state (raw links, plans, models, kept checkpoints, compare_state.json) lives in WORK, by default
 # OUTSIDE the clone so a fresh checkout finds it; rerun the script to continue. A training stopped mid-way
 # continues with --c from its last epoch, checkpoints already kept and points already scored are reused.
 #
 # Usage: bash scripts/architecture_evidence.sh [WORK_DIR]   (default $HOME/nnunet-efficient-evidence/architectures)
-# Environment: ARCH_MINUTES (120), ARCH_JOBS (1; COMPARE_JOBS is read too), ARCH_SEEDED_ENTRY (the plugin entry with
+# Environment: ARCH_MINUTES (45), ARCH_JOBS (1; COMPARE_JOBS is read too), ARCH_SEEDED_ENTRY (the plugin entry with
 # two seeds; default nnUNetTrainerUXNet:nnUNetPlansUXNetCPU), ARCH_SNAPSHOTS ("0.25 0.5 0.75"),
 # SHARED_DATA (../shared/data), nnUNet_n_proc_DA (2).
 set -euo pipefail
@@ -46,7 +48,7 @@ export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preproces
 # One thread per training: CPU time then equals the time the training process holds a core.
 export OMP_NUM_THREADS=1 nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"
 dataset="$nnUNet_raw/Dataset204_HippocampusHoldout"
-minutes="${ARCH_MINUTES:-120}"
+minutes="${ARCH_MINUTES:-45}"
 jobs="${ARCH_JOBS:-${COMPARE_JOBS:-1}}"
 seeded="${ARCH_SEEDED_ENTRY:-nnUNetTrainerUXNet:nnUNetPlansUXNetCPU}"
 read -r -a snapshots <<< "${ARCH_SNAPSHOTS:-0.25 0.5 0.75}"
