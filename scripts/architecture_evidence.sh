@@ -44,6 +44,10 @@ source_data="${SHARED_DATA:-$repo/../shared/data}/Dataset004_Hippocampus"
 [ -d "$source_data" ] || { echo "Hippocampus not found at $source_data (set SHARED_DATA)" >&2; exit 1; }
 default_work="${HOME}/nnunet-efficient-evidence/architectures"
 work="$(mkdir -p "${1:-$default_work}" && cd "${1:-$default_work}" && pwd)"
+# A fresh machine continues from the state an earlier session packed into the repository
+# (scripts/evidence_state.py; nothing is restored over existing results).
+pack="$repo/evidence_state/architectures.tar"
+[ -f "$pack" ] && python "$repo/scripts/evidence_state.py" restore "$pack" "$work"
 export nnUNet_raw="$work/nnUNet_raw" nnUNet_preprocessed="$work/nnUNet_preprocessed" nnUNet_results="$work/nnUNet_results"
 # One thread per training: CPU time then equals the time the training process holds a core.
 export OMP_NUM_THREADS=1 nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"

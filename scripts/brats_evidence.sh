@@ -45,6 +45,10 @@ if [ "$#" -gt 0 ]; then phases=("$@"); else phases=(baseline retrofit joint benc
 [ -d "$data" ] || { echo "brats_evidence.sh: BraTSmini not found at $data (set SHARED_DATA)" >&2; exit 1; }
 
 mkdir -p "$work"
+# A fresh machine continues from the state an earlier session packed into the repository
+# (scripts/evidence_state.py; nothing is restored over existing results).
+pack="$repo/evidence_state/brats.tar"
+[ -f "$pack" ] && python "$repo/scripts/evidence_state.py" restore "$pack" "$work"
 export nnUNet_raw="$work/raw" nnUNet_preprocessed="$work/preprocessed" nnUNet_results="$work/results"
 export nnUNet_compile=0 OMP_NUM_THREADS=1 nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"
 eval "$(nnunet-efficient env)"
