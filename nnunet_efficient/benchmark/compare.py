@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from nnunet_efficient.common.files import atomic_write_json, atomic_write_text
 from nnunet_efficient.errors import EfficientError
 
 STATE_FILE = "compare_state.json"
@@ -133,7 +134,7 @@ class Comparison:
     def __init__(self, dataset: str | int, entries: Sequence[Entry], budget: Budget, fold: int | str,
                  images: str, reference: str, output: str, device: str = "cpu", use_mirroring: bool = True,
                  timing_iterations: int = 5, jobs: int = 1, log=print, repredict: bool = False):
-        from nnunet_efficient.trainers import register_plugin_trainers
+        from nnunet_efficient.common.plugin_env import register_plugin_trainers
 
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             if not os.environ.get(name):
@@ -182,10 +183,7 @@ class Comparison:
         record = self._record(entry)
         with self._lock:
             record.update(values)
-            text = json.dumps(self.state, indent=2)
-            with open(self.state_path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(self.state_path + ".tmp", self.state_path)
+            atomic_write_json(self.state_path, self.state)
         return record
 
     # -- steps ---------------------------------------------------------------------------------
@@ -414,9 +412,7 @@ def write_compare_report(rows: Sequence[dict[str, Any]], output: str, title: str
     paths = {"csv": os.path.join(output, "compare.csv"), "markdown": os.path.join(output, "compare.md"),
              "png": os.path.join(output, "compare.png")}
     write_csv(rows, paths["csv"])
-    with open(paths["markdown"] + ".tmp", "w") as f:
-        f.write(f"{title}\n\n{markdown_table(rows)}")
-    os.replace(paths["markdown"] + ".tmp", paths["markdown"])
+    atomic_write_text(paths["markdown"], f"{title}\n\n{markdown_table(rows)}")
     points = [{"label": r["trainer"], "total_seconds": r["predict_seconds_per_case"], "mean_dice": r["mean_dice"],
                "is_baseline": i == 0} for i, r in enumerate(rows)]
     plot_pareto(points, paths["png"], title=title.lstrip("# ").split("\n")[0] or "Dice vs seconds per case")

@@ -37,6 +37,8 @@ from tqdm import tqdm
 
 from nnunet_efficient.benchmark.measure import PeakMemory, StageTimer, count_macs, dice_per_class, mean_dice
 from nnunet_efficient.benchmark.report import BASELINE, write_report
+from nnunet_efficient.common.arguments import check_batch_size, check_step_size
+from nnunet_efficient.common.cases import case_id
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.inference.predictor import EfficientPredictor
 from nnunet_efficient.inference.strategies import STRATEGIES, InferenceStrategy, StrategyOption, get_strategy
@@ -160,10 +162,6 @@ def variant_folder(strategy: str, options: Mapping[str, Any]) -> str:
     return strategy + "".join(f"__{k}={options[k]}" for k in sorted(options))
 
 
-def _case_id(first_file: str, file_ending: str) -> str:
-    return os.path.basename(first_file)[:-(len(file_ending) + 5)]  # drop _XXXX<ending>
-
-
 def _median(values: Sequence[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -197,10 +195,8 @@ class Benchmark:
     def __init__(self, model_folder: str, folds: Sequence[int | str], device: torch.device,
                  use_mirroring: bool = True, step_size: float | str = 0.5, batch_size: int = 1,
                  checkpoint_name: str = "checkpoint_final.pth", cpu_bf16: bool = False):
-        if step_size != "auto" and not 0 < step_size <= 1:
-            raise EfficientError(f"-step_size must be in (0, 1] or auto, got {step_size}")
-        if batch_size < 1:
-            raise EfficientError(f"--batch_size must be >= 1, got {batch_size}")
+        check_step_size(step_size)
+        check_batch_size(batch_size)
         self.use_mirroring, self.step_size, self.cpu_bf16, self.device = use_mirroring, step_size, cpu_bf16, device
         # window progress bars would fight with the benchmark's own bar
         self.model_folder, self.folds, self.auto_step = model_folder, list(folds), None
@@ -236,7 +232,7 @@ class Benchmark:
         out = []
         for files in list_cases(images, self.file_ending, channels):
             check_case_files(files, self.reader_writer, channels, model)
-            case = _case_id(files[0], self.file_ending)
+            case = case_id(files[0], self.file_ending)
             ref = os.path.join(reference, case + self.file_ending)
             if not os.path.isfile(ref):
                 raise InputFileError(ref, f"reference label of case '{case}' is missing")

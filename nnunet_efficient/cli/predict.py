@@ -110,16 +110,14 @@ def select_device(name: str):
 
 
 def run(args, extra) -> int:
+    from nnunet_efficient.common.arguments import check_batch_size, check_part, check_step_size
     from nnunet_efficient.errors import EfficientError
     from nnunet_efficient.inference.predictor import EfficientPredictor
     from nnunet_efficient.inference.strategies import STRATEGIES
 
-    if not 0 <= args.part_id < args.num_parts:
-        raise EfficientError(f"-part_id must be between 0 and -num_parts - 1, got {args.part_id}")
-    if args.step_size != "auto" and not 0 < args.step_size <= 1:
-        raise EfficientError(f"-step_size must be in (0, 1] or auto, got {args.step_size}")
-    if args.batch_size < 1:
-        raise EfficientError(f"--batch_size must be >= 1, got {args.batch_size}")
+    check_part(args.part_id, args.num_parts)
+    check_step_size(args.step_size)
+    check_batch_size(args.batch_size)
     onnx = getattr(args, "backend", "pytorch") == "onnxruntime"
     if onnx and not args.m:
         raise EfficientError("--backend onnxruntime reads a folder written by `nnunet-efficient export`: "

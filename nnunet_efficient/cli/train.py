@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
+from nnunet_efficient.common.plugin_env import register_plugin_trainers
 from nnunet_efficient.errors import EfficientError
-from nnunet_efficient.trainers import register_plugin_trainers
 
 NAME = "train"
 

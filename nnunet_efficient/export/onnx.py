@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from nnunet_efficient.common.cases import case_id
+from nnunet_efficient.common.messages import one_line
+from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.export.architectures import (
     ArchitectureSpec,
@@ -153,7 +156,6 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     from nnunet_efficient.inference.predictor import EfficientPredictor
-    from nnunet_efficient.networks.nmsw import unwrap_network
 
     require_onnxruntime()
     if tolerance <= 0:
@@ -202,8 +204,6 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
 
 # ---------------------------------------------------------------------------------------------- export
 def _export_part(part: ExportPart, path: str, spec: ArchitectureSpec) -> None:
-    from nnunet_efficient.inference.export import one_line
-
     module = part.module.eval()
     requires_grad = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in requires_grad:  # no autograd while tracing: UX-Net's FFT training path must not be taken
@@ -359,7 +359,7 @@ def _real_volume(predictor, check_images: Sequence[str] | None, num_channels: in
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
                                        predictor.dataset_json)
-    name = os.path.basename(files[0])[:-(len(predictor.dataset_json["file_ending"]) + 5)]
+    name = case_id(files[0], predictor.dataset_json["file_ending"])
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), name
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nnunet_efficient.common.messages import one_line
 from nnunet_efficient.errors import EfficientError, InputFileError
 
 _CASE_CHANNEL = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
@@ -140,8 +141,6 @@ def check_case_files(files: Sequence[str], reader_writer_class, num_channels: in
 
 
 def _read(reader, path: str) -> tuple[np.ndarray, dict]:
-    from nnunet_efficient.inference.export import one_line
-
     if not os.path.isfile(path):
         raise InputFileError(path, "file does not exist")
     if os.path.getsize(path) == 0:
@@ -231,8 +230,6 @@ def _count_non_finite(path: str, image: np.ndarray) -> int:
     # NIfTI without notice: read its raw voxels.
     if path.endswith((".nii", ".nii.gz")):
         import nibabel
-
-        from nnunet_efficient.inference.export import one_line
 
         try:
             image = np.asanyarray(nibabel.load(path).dataobj)
@@ -366,8 +363,6 @@ def diagnose_model_folder(model_folder: str, folds: Sequence[int | str], checkpo
     accepted (corrupt checkpoint, unknown trainer, configuration missing from the plans, weights of
     another network), or None when it is none of these."""
     import torch
-
-    from nnunet_efficient.inference.export import one_line
 
     first = None
     for fold in folds:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from nnunet_efficient.common.messages import one_line
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.networks.nmsw import NMSWNetwork, _resize_linear
 from nnunet_efficient.sampling.topk import DEFAULT_TAU
@@ -70,8 +71,6 @@ class OrtPart(nn.Module):
             try:
                 self.sessions[str(fold)] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types
-                from nnunet_efficient.inference.export import one_line
-
                 raise InputFileError(path, f"cannot be loaded by onnxruntime ({one_line(error)})") from None
         self.fold = next(iter(self.sessions))
         first = self.sessions[self.fold]

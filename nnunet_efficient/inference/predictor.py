@@ -39,6 +39,9 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot, determine_num_input_channels
 from tqdm import tqdm
 
+from nnunet_efficient.common.arguments import check_part
+from nnunet_efficient.common.cases import case_id
+from nnunet_efficient.common.plugin_env import register_plugin_trainers
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.inference.export import export_labels, logits_to_labels
 from nnunet_efficient.inference.input_checks import (
@@ -54,7 +57,6 @@ from nnunet_efficient.inference.input_checks import (
 )
 from nnunet_efficient.inference.strategies import InferenceStrategy, get_strategy
 from nnunet_efficient.sampling.sliding_window import WindowRun
-from nnunet_efficient.trainers import register_plugin_trainers
 
 STAGING_PREFIX = ".nnunet_efficient_partial_"
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -348,7 +350,7 @@ class EfficientPredictor(nnUNetPredictor):
             previous = None
             if folder_with_segs_from_prev_stage is not None:
                 previous = os.path.join(folder_with_segs_from_prev_stage,
-                                        os.path.basename(files[0])[:-(len(ending) + 5)] + ending)
+                                        case_id(files[0], ending) + ending)
             data, seg, properties = preprocessor.run_case(files, previous, self.plans_manager,
                                                           self.configuration_manager, self.dataset_json)
             if previous is not None:
@@ -375,8 +377,7 @@ class EfficientPredictor(nnUNetPredictor):
 
         An output folder created here is removed again when a later check fails (no partial output).
         """
-        if not 0 <= part_id < num_parts:
-            raise EfficientError(f"-part_id must be between 0 and -num_parts - 1 ({num_parts - 1}), got {part_id}")
+        check_part(part_id, num_parts)
         file_ending = self.dataset_json["file_ending"]
         num_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                     self.dataset_json)
@@ -397,7 +398,7 @@ class EfficientPredictor(nnUNetPredictor):
                     raise EfficientError(f"{outputs}: the output folder is the input folder; give another -o "
                                          f"(predictions CASE{file_ending} would be mixed with the images)")
                 created += check_output_folder(outputs)
-                outputs = [os.path.join(outputs, os.path.basename(c[0])[:-(len(file_ending) + 5)]) for c in cases]
+                outputs = [os.path.join(outputs, case_id(c[0], file_ending)) for c in cases]
             elif outputs is not None:
                 outputs = list(outputs)
                 if len(outputs) != len(cases):

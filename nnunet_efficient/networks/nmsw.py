@@ -252,12 +252,6 @@ class Scorer(nn.Module):
         return s.clamp(max=MAX_SCORE).flatten(1)
 
 
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The module behind a DistributedDataParallel and/or ``torch.compile`` wrapper."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
-
-
 def _freeze_deep_supervision_heads(unet: nn.Module) -> None:
     # NMSW uses full-resolution logits only, so the lower-resolution segmentation heads of a
     # dynamic_network_architectures decoder never get a gradient. Frozen, they keep their

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 
+from nnunet_efficient.training.derived import derived_trainer, find_base_trainer
+
 _SUFFIX = re.compile(r"(?P<base>.+?)_(?P<epochs>\d+)epochs?(?:_(?P<iters>\d+)iters)?")
-_CACHE: dict[str, type] = {}
 
 #: nnU-Net's ratio of validation to training iterations (50 / 250).
 VALIDATION_FRACTION = 0.2
@@ -39,8 +40,6 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None) -> typ
     ``checkpoint_latest.pth`` is written after every epoch, so ``--c`` resumes where it stopped.
     """
     name = f"{base.__name__}_{epochs}epochs" + (f"_{iterations}iters" if iterations else "")
-    if name in _CACHE:
-        return _CACHE[name]
 
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         kwargs = {} if device is None else {"device": device}
@@ -53,11 +52,9 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None) -> typ
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = max(1, round(iterations * VALIDATION_FRACTION))
 
-    cls = type(name, (base,), {"__init__": __init__, "__module__": base.__module__,
-                               "__doc__": f"{base.__name__} for {epochs} epochs"
-                                          + (f" of {iterations} iterations." if iterations else ".")})
-    _CACHE[name] = cls
-    return cls
+    return derived_trainer(name, lambda: type(name, (base,), {
+        "__init__": __init__, "__module__": base.__module__,
+        "__doc__": f"{base.__name__} for {epochs} epochs" + (f" of {iterations} iterations." if iterations else ".")}))
 
 
 def schedule_variant(name: str) -> type:
@@ -70,13 +67,5 @@ def schedule_variant(name: str) -> type:
     parsed = parse_schedule_name(name)
     if parsed is None:
         raise AttributeError(name)
-    if name in _CACHE:
-        return _CACHE[name]
     base_name, epochs, iterations = parsed
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    try:
-        base = recursive_find_trainer_class_by_name(base_name)
-    except (RuntimeError, AssertionError):
-        raise AttributeError(name) from None
-    return with_schedule(base, epochs, iterations)
+    return derived_trainer(name, lambda: with_schedule(find_base_trainer(name, base_name), epochs, iterations))

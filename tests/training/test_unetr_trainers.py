@@ -9,11 +9,11 @@ import torch
 from conftest import dataset_json, tiny_plans
 
 from nnunet_efficient.benchmark.compare import Comparison, Entry
+from nnunet_efficient.common.plugin_env import register_plugin_trainers
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.networks.unetr import UNETR, TokenSparseUNETR
 from nnunet_efficient.planners import planner_for_plans, resolve_planner
 from nnunet_efficient.planners.unetr_planner import nnUNetPlannerUNETR, nnUNetPlannerUNETRCPU
-from nnunet_efficient.trainers import register_plugin_trainers
 from nnunet_efficient.training.unetr import (
     nnUNetTrainerTokenSparseUNETR,
     nnUNetTrainerUNETR,

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
+from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.inference.strategies.base import InferenceStrategy, StrategyOption, register_strategy
 from nnunet_efficient.networks.aggregation import gaussian_importance_map
-from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, resize_linear_window, unwrap_network
+from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, resize_linear_window
 from nnunet_efficient.networks.nmsw_baselines import global_only_infer, zoom_infer
 from nnunet_efficient.networks.nmsw_plans import NMSWSettings, nmsw_settings
 from nnunet_efficient.sampling.compact import merge_pass_into, window_weights
