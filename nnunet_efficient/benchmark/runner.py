@@ -13,7 +13,10 @@ Variants are written ``STRATEGY[:KEY=VALUE[,KEY=VALUE...]]``:
   prefix (``sparse:margin=8`` = ``sparse:sparse_margin=8``; ``nmsw:k=5``);
 - ``tta=0``/``tta=1``: mirroring off/on for this variant (default: on unless ``--disable_tta``);
 - ``step=S``: the sliding-window step of this variant (default: ``-step_size``); ``step=auto``: the
-  step recommended by the model's patch-performance maps (``-step_size auto`` in ``predict``);
+  step recommended by the model's patch-performance maps (``-step_size auto`` in ``predict``).
+  NMSW strategies do not read it (``nmsw``, ``random_fg``: the model's candidate grid; ``zoom``,
+  ``global``: no grid), so a ``step`` key on them is refused; every row records the step the
+  variant actually evaluated (``step_size``, None without a grid);
 - ``bf16=0``/``bf16=1``: bfloat16 autocast on the CPU off/on (default: off unless ``--cpu_bf16``).
 
 Example: ``sliding_window sliding_window:tta=0 sparse sparse:tta=0,margin=0 nmsw:k=1 nmsw:k=5``.
@@ -375,6 +378,11 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     for folder in folders:
         check_output_folder(folder)
 
+    for variant, strategy in zip(variants, strategies):
+        if variant.step is not None:  # a step asked for one variant must be one its strategy evaluates
+            bench.configure(variant, strategy)
+            bench.predictor.check_step_used(variant.step)
+
     if warmup:
         bench.configure(variants[0], strategies[0])
         bench.measure(cases[0][1], None)
@@ -394,7 +402,7 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
                 row = {
                     "case": case, "strategy": name, "options": options,
                     "variant": variant_folder(name, options), "describe": strategy.describe(),
-                    "tta": bool(bench.predictor.use_mirroring), "step_size": bench.predictor.tile_step_size,
+                    "tta": bool(bench.predictor.use_mirroring), "step_size": bench.predictor.step_used(),
                     "bf16": bench.predictor.cpu_bf16 and device.type == "cpu",
                     "batch_size": batch_size, "repeats": repeat,
                     "dice": dice, "mean_dice": mean_dice(dice), "macs": macs,

@@ -7,7 +7,8 @@ it (RepUX-Net's kernels folded), split into parts by its registered
 architecture allows). Beside them go ``plans.json``, ``dataset.json`` and ``onnx_export.json``
 (what the onnxruntime backend needs: trainer, configuration, mirroring axes, parts, and the
 checks), so ``nnunet-efficient predict --backend onnxruntime -m OUT`` runs without the
-checkpoint or PyTorch's network code.
+checkpoint or PyTorch's network code. A fold's ``patch_performance.json`` is copied along, so
+``-step_size auto`` reads the same recommendation from the export as from the model folder.
 
 Every file is checked against PyTorch on (1) the seeded random input it was traced with,
 (2) a random input of another batch size (and, where spatial axes are dynamic, another spatial
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from nnunet_efficient.common.cases import case_id
+from nnunet_efficient.common.files import atomic_write_bytes
 from nnunet_efficient.common.messages import one_line
 from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError, InputFileError
@@ -196,6 +198,7 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
         if spec.kind == "nmsw":
             report.checks.append(_check_nmsw_pipeline(network, output_folder, fold, parts, tolerance,
                                                       real_volume, real_name, context))
+    _copy_step_recommendations(model_folder, output_folder, folds)
     _write_metadata(output_folder, predictor, spec, report, folds,
                     _configuration_name(model_folder, folds[0], checkpoint_name))
     report.seconds = time.perf_counter() - start
@@ -297,7 +300,7 @@ def _real_part_inputs(part: ExportPart, network, context: ExportContext,
         if part.name == "aggregator":
             starts = [(n - w) // 2 for n, w in zip(spatial, network.window_size)]
             window = canvas[(slice(None), slice(None), *(slice(a, a + w) for a, w in zip(starts, network.window_size)))]
-            return (network._local(window), resize_linear_window(global_logits.float(), spatial, starts,
+            return (network.local_pass(window), resize_linear_window(global_logits.float(), spatial, starts,
                                                                  network.window_size))
     return None
 
@@ -364,6 +367,18 @@ def _real_volume(predictor, check_images: Sequence[str] | None, num_channels: in
 
 
 # ---------------------------------------------------------------------------------------------- metadata
+def _copy_step_recommendations(model_folder: str, output_folder: str, folds: list[str]) -> None:
+    """``fold_X/patch_performance.json`` (what ``-step_size auto`` reads) into the export, where a fold has one."""
+    from nnunet_efficient.patch_performance.files import RECOMMENDATION_FILE
+
+    for fold in folds:
+        source = os.path.join(model_folder, f"fold_{fold}", RECOMMENDATION_FILE)
+        if os.path.isfile(source):
+            with open(source, "rb") as f:
+                atomic_write_bytes(os.path.join(output_folder, f"fold_{fold}", RECOMMENDATION_FILE), f.read())
+
+
+
 def _write_metadata(output_folder: str, predictor, spec: ArchitectureSpec, report: ExportReport,
                     folds: list[str], configuration: str) -> None:
     import onnxruntime

@@ -55,7 +55,7 @@ from nnunet_efficient.inference.input_checks import (
     quiet_trainer_search,
     remove_created_folders,
 )
-from nnunet_efficient.inference.strategies import InferenceStrategy, get_strategy
+from nnunet_efficient.inference.strategies import InferenceStrategy, StrategyContext, get_strategy
 from nnunet_efficient.sampling.sliding_window import WindowRun
 
 STAGING_PREFIX = ".nnunet_efficient_partial_"
@@ -171,6 +171,39 @@ class EfficientPredictor(nnUNetPredictor):
                   leave=False) as bar:
             yield bar
 
+    def strategy_context(self) -> StrategyContext:
+        """What the strategy may use of this predictor: network, grid, device, mirroring, batch size, managers."""
+        return StrategyContext(
+            network=self.network, device=self.device, step=self.tile_step_size, mirror_axes=self.mirror_axes,
+            batch_size=self.sw_batch_size, accumulate_dtype=self.accumulate_dtype, use_gaussian=self.use_gaussian,
+            perform_everything_on_device=self.perform_everything_on_device, plans_manager=self.plans_manager,
+            configuration_manager=self.configuration_manager, label_manager=self.label_manager,
+            trainer_name=getattr(self, "trainer_name", None), verbose=self.verbose, progress=self.window_progress)
+
+    def step_used(self) -> float | None:
+        """The sliding-window step the strategy evaluates: ``tile_step_size``, the model's own candidate
+        grid's (``nmsw``, ``random_fg``) or None (no grid: ``zoom``, ``global``)."""
+        return self.strategy.step_used(self.strategy_context())
+
+    def check_step_used(self, requested: float | str | None = None) -> None:
+        """Refuse the requested ``tile_step_size`` (``-step_size``) where the strategy would not use it.
+
+        Args:
+            requested: what the user gave, for the message (``"auto"``: ``tile_step_size`` is what it resolved to).
+
+        Raises:
+            EfficientError: the strategy evaluates another grid, or none.
+        """
+        used = self.step_used()
+        if used == self.tile_step_size:
+            return
+        given = f"auto ({self.tile_step_size:g})" if requested == "auto" else f"{self.tile_step_size:g}"
+        requested = f"-step_size {given} does not apply to strategy '{self.strategy.name}'"
+        if used is None:
+            raise EfficientError(f"{requested}: it evaluates no sliding-window grid; leave -step_size out")
+        raise EfficientError(f"{requested}: it chooses among the model's candidate windows, nnU-Net's grid at step "
+                             f"{used:g} (the plans' nmsw step); leave -step_size out or give {used:g}")
+
     def _autocast(self):
         # nnU-Net enables autocast on CUDA only: on CPU it is slow (unless bfloat16 is native), on MPS unsupported.
         if self.device.type == "cuda":
@@ -191,7 +224,7 @@ class EfficientPredictor(nnUNetPredictor):
         with self._autocast():
             data, revert_padding = pad_nd_image(input_image, self.configuration_manager.patch_size,
                                                 "constant", {"value": 0}, True, None)
-            logits, run = self.strategy.predict(self, data)
+            logits, run = self.strategy.predict(self.strategy_context(), data)
             logits = logits[(slice(None), *revert_padding[1:])]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -215,11 +248,11 @@ class EfficientPredictor(nnUNetPredictor):
                 raise
             raise problem from None
         fold_reparameterisations(self.network)
-        self.strategy.check_predictor(self)
+        self.strategy.check(self.strategy_context())
 
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
-        self.strategy.check_predictor(self)
+        self.strategy.check(self.strategy_context())
 
     def initialize_from_exported_folder(self, exported_folder: str, use_folds=None) -> None:
         """Load a folder written by ``nnunet-efficient export``: the network runs in onnxruntime.

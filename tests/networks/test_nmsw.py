@@ -360,8 +360,11 @@ def test_random_foreground_strategy_and_zoom_boxes():
     fg = out["foreground"][0]
     n_fg = int(fg.sum())
     assert fg[out["indices"][0][: min(3, n_fg)]].all()
-    idx = net.select_random_foreground(out["global_logits"], out["grid_shape"], 2, torch.Generator().manual_seed(0))
+    glob = net.global_pass(x)
+    idx = net.choose_windows(glob, 2, "random_fg", torch.Generator().manual_seed(0))
     assert idx.shape == (1, 2)
+    assert glob.foreground[0][idx[0][: min(2, n_fg)]].all()
+    assert net.choose_windows(glob, strategy="global").shape == (1, 0)
     boxes = net.zoom_boxes(out["global_logits"], (24, 24, 24))[0]
     present = set(out["global_logits"].argmax(1).unique().tolist()) - {0}
     assert {b.label for b in boxes} == present
