@@ -282,7 +282,7 @@ class Benchmark:
         """
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-        from nnunet_efficient.inference.export import logits_to_labels
+        from nnunet_efficient.inference.label_export import logits_to_labels
 
         p = self.predictor
         # the export `nnunet-efficient predict` runs: class by class, or nnU-Net's own
@@ -357,7 +357,7 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     Raises:
         EfficientError: a bad argument, variant, model folder, image or reference, before any work.
     """
-    from nnunet_efficient.inference.input_checks import check_output_folder
+    from nnunet_efficient.inference.output_folder import check_output_folder
 
     if repeat < 1:
         raise EfficientError(f"--repeat must be >= 1, got {repeat}")

@@ -28,7 +28,7 @@ def check_trainer(name: str) -> None:
     """Fail with one line when nnU-Net would not find trainer ``name``."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunet_efficient.inference.input_checks import quiet_trainer_search
+    from nnunet_efficient.inference.model_folder import quiet_trainer_search
 
     try:
         with quiet_trainer_search():

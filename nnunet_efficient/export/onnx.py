@@ -177,7 +177,7 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
                             predictor.configuration_manager.configuration)
     real_volume, real_name = _real_volume(predictor, check_images, num_channels)
 
-    from nnunet_efficient.inference.input_checks import check_output_folder
+    from nnunet_efficient.inference.output_folder import check_output_folder
 
     check_output_folder(output_folder)
     folds = [str(f) for f in folds]

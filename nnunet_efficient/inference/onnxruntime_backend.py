@@ -187,6 +187,23 @@ def read_export_metadata(folder: str) -> dict:
     return metadata
 
 
+def read_export_jsons(folder: str) -> tuple[dict, dict]:
+    """``plans.json`` and ``dataset.json`` of an exported folder.
+
+    Raises:
+        InputFileError: either is missing or not valid JSON.
+    """
+    jsons = []
+    for name in ("plans.json", "dataset.json"):
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                jsons.append(json.load(f))
+        except (OSError, ValueError) as error:
+            raise InputFileError(path, f"missing or not valid JSON ({error})") from None
+    return jsons[0], jsons[1]
+
+
 def load_exported_network(folder: str, folds: Sequence[int | str] | None, metadata: dict) -> tuple[nn.Module, list]:
     """The assembled network of ``folds`` (None: all exported folds) and nnU-Net's per-fold "parameters".
 
