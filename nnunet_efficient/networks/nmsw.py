@@ -647,13 +647,8 @@ class NMSWNetwork(NMSWPipeline):
         local_net: any module mapping ``(W, C_in, *window)`` to ``(W, classes, *window)``
             logits, e.g. the plan's ``PlainConvUNet``; a deep-supervision list is accepted and
             its first (full-resolution) entry used.
-        num_classes: number of output classes (background included).
-        window_size: local window shape ``(x, y, z)`` (the plan's patch size).
-        global_shape: spatial shape the full-resolution input is resized to for the global branch.
-        step: sliding-window step as a fraction of the window (nnU-Net's ``tile_step_size``).
-        k_train: windows chosen by the top-k in training (reference: 4, plus 1 random).
-        k_infer: default windows chosen at inference (reference: 5).
-        tau: Gumbel-softmax temperature.
+        num_classes, window_size, global_shape, step, k_train, k_infer, tau: the settings, as
+            :class:`NMSWPipeline` documents them.
     """
 
     def __init__(
