@@ -207,3 +207,19 @@ def test_strategies_see_a_context_and_leave_the_predictor_alone(model):
     assert changed <= {"last_run", "last_network_seconds", "network"}  # what the predictor itself records
     context = predictor.strategy_context()
     assert (context.step, context.batch_size, context.mirror_axes) == (0.5, 1, None)
+
+
+def test_cli_refuses_a_step_size_nmsw_would_ignore_in_one_line(tmp_path, capsys):
+    from conftest import write_model_folder
+
+    model = write_model_folder(tmp_path / "model", nmsw_plans(), dataset_json(1, LABELS),
+                               trainer_name="nnUNetTrainerNMSW", configuration="3d_nmsw",
+                               trainer_class=nnUNetTrainerNMSW)
+    images = tmp_path / "images"
+    images.mkdir()
+    code = main(["predict", "-i", str(images), "-o", str(tmp_path / "out"), "-m", str(model), "-f", "0",
+                 "--strategy", "nmsw", "-step_size", "0.25", "-device", "cpu", "--disable_progress_bar"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-step_size 0.25 does not apply to strategy 'nmsw'" in err[0], err
+    assert not (tmp_path / "out").exists()
