@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from nnunet_efficient.common.messages import one_line
 from nnunet_efficient.errors import EfficientError, InputFileError
 
 
@@ -88,8 +89,6 @@ def check_raw_labels(dataset: str | int, num_processes: int = 4) -> None:
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
-    from nnunet_efficient.inference.export import one_line
 
     raw = _environment_folder("nnUNet_raw")
     folder = os.path.join(raw, dataset_name(dataset))
@@ -217,7 +216,7 @@ def check_preprocessed_cases(data_folder: str, identifiers: Sequence[str], datas
     Raises:
         InputFileError: the first missing or unreadable file.
     """
-    from nnunet_efficient.inference.export import one_line
+    from nnunet_efficient.common.messages import one_line
 
     for identifier in identifiers:
         for name in _case_files(identifier, dataset_class):

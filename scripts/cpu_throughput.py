@@ -50,7 +50,7 @@ def main() -> None:
     data, _, _ = preprocessor.run_case(args.i, None, predictor.plans_manager, predictor.configuration_manager,
                                        predictor.dataset_json)
     data = torch.from_numpy(data)
-    slicers = predictor._internal_get_sliding_window_slicers(data.shape[1:])
+    slicers = predictor.strategy_context().slicers(data.shape[1:])
     middle = len(slicers) // 2
     picked = slicers[max(0, middle - args.windows // 2):][:args.windows]
     x = torch.stack([data[s] for s in picked])

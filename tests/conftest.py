@@ -173,3 +173,12 @@ def sample_images(tmp_path) -> Path:
     for name in sorted(os.listdir(SAMPLE / "imagesTs"))[:2]:
         shutil.copy(SAMPLE / "imagesTs" / name, folder / name)
     return folder
+
+
+@pytest.fixture
+def empty_results(tmp_path, monkeypatch) -> Path:
+    """nnU-Net's results (and preprocessed) folders, empty: a trainer's plan checks must fail before it creates
+    anything there. nnU-Net 2.8 reads these variables when it uses them, so setting them here is enough."""
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    return tmp_path

@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nnunet_efficient.common.files import atomic_write_json, atomic_write_text
 from nnunet_efficient.errors import EfficientError
 
 STATE_FILE = "compare_state.json"
@@ -175,7 +176,7 @@ class Comparison:
                  timing_iterations: int = 5, jobs: int = 1, log=print, repredict: bool = False,
                  snapshot_fractions: Sequence[float] = DEFAULT_SNAPSHOT_FRACTIONS):
         from nnunet_efficient.benchmark.curves import check_snapshot_fractions
-        from nnunet_efficient.trainers import register_plugin_trainers
+        from nnunet_efficient.common.plugin_env import register_plugin_trainers
 
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             if not os.environ.get(name):
@@ -226,10 +227,7 @@ class Comparison:
         record = self._record(entry)
         with self._lock:
             record.update(values)
-            text = json.dumps(self.state, indent=2)
-            with open(self.state_path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(self.state_path + ".tmp", self.state_path)
+            atomic_write_json(self.state_path, self.state)
         return record
 
     # -- steps ---------------------------------------------------------------------------------
@@ -539,9 +537,7 @@ def write_compare_report(rows: Sequence[dict[str, Any]], output: str, title: str
         plot_learning_curves(curve, paths["curve_png"], title.lstrip("# ").split("\n")[0] + ": learning curves")
         curve_section = (f"\n## Learning curves: held-out mean Dice during training\n\n{CURVE_NOTE} With several "
                          f"seeds: mean (min–max).\n\n{curve_markdown(curve)}\n![learning curves](compare_curve.png)\n")
-    with open(paths["markdown"] + ".tmp", "w") as f:
-        f.write(f"{title}\n\n{markdown_table(rows)}{curve_section}")
-    os.replace(paths["markdown"] + ".tmp", paths["markdown"])
+    atomic_write_text(paths["markdown"], f"{title}\n\n{markdown_table(rows)}{curve_section}")
     points = [{"label": r["trainer"], "total_seconds": r["predict_seconds_per_case"], "mean_dice": r["mean_dice"],
                "is_baseline": i == 0} for i, r in enumerate(aggregate_runs(rows))]
     plot_pareto(points, paths["png"], title=title.lstrip("# ").split("\n")[0] or "Dice vs seconds per case")

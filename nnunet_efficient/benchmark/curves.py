@@ -198,7 +198,7 @@ def plot_learning_curves(points: Sequence[dict[str, Any]], path: str, title: str
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from nnunet_efficient.benchmark.report import _atomic_write
+    from nnunet_efficient.common.files import atomic_write_bytes
 
     curves = _curve_by_entry(points)
     fig = Figure(figsize=(8, 5.5), dpi=120)
@@ -226,4 +226,4 @@ def plot_learning_curves(points: Sequence[dict[str, Any]], path: str, title: str
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())

@@ -33,12 +33,13 @@ import io
 import json
 import math
 import os
-import tempfile
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from nnunet_efficient.common.files import atomic_write_bytes
 
 BASELINE = "sliding_window"
 STAGE_ORDER = ("preprocess", "network", "export")
@@ -243,28 +244,6 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` so that ``path`` is either the old file or the complete new one, never partial.
-
-    The temporary file lives in the target folder because ``os.replace`` is atomic only within one
-    file system.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _jsonable(obj: Any) -> Any:
     """Plain-JSON copy: NaN/inf -> null (JSON has no NaN), tuple keys -> "(1, 2)" as nnU-Net writes them."""
     if isinstance(obj, Mapping):
@@ -315,19 +294,19 @@ def write_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> 
     writer.writeheader()
     for r in flat:
         writer.writerow({k: _csv_cell(r.get(k)) for k in columns})
-    _atomic_write(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def write_json(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]],
                path: str | os.PathLike) -> None:
     """Writes ``{"summary": [...], "rows": [...]}`` as strict JSON (NaN as null), atomically."""
     text = json.dumps(_jsonable({"summary": list(summary), "rows": list(rows)}), indent=2, allow_nan=False)
-    _atomic_write(path, (text + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def write_markdown(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
     """Writes ``markdown_table(summary)`` atomically."""
-    _atomic_write(path, markdown_table(summary).encode("utf-8"))
+    atomic_write_bytes(path, markdown_table(summary).encode("utf-8"))
 
 
 def plot_pareto(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike,
@@ -366,7 +345,7 @@ def plot_pareto(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(rows: Sequence[Mapping[str, Any]], folder: str | os.PathLike, stem: str = "benchmark",

@@ -13,7 +13,10 @@ Variants are written ``STRATEGY[:KEY=VALUE[,KEY=VALUE...]]``:
   prefix (``sparse:margin=8`` = ``sparse:sparse_margin=8``; ``nmsw:k=5``);
 - ``tta=0``/``tta=1``: mirroring off/on for this variant (default: on unless ``--disable_tta``);
 - ``step=S``: the sliding-window step of this variant (default: ``-step_size``); ``step=auto``: the
-  step recommended by the model's patch-performance maps (``-step_size auto`` in ``predict``);
+  step recommended by the model's patch-performance maps (``-step_size auto`` in ``predict``).
+  NMSW strategies do not read it (``nmsw``, ``random_fg``: the model's candidate grid; ``zoom``,
+  ``global``: no grid), so a ``step`` key on them is refused; every row records the step the
+  variant actually evaluated (``step_size``, None without a grid);
 - ``bf16=0``/``bf16=1``: bfloat16 autocast on the CPU off/on (default: off unless ``--cpu_bf16``);
 - ``model=NAME``: run this variant on the model ``--models NAME=FOLDER`` names instead of ``-m``
   (so one report compares, e.g., a stock model's sliding window with NMSW models' strategies).
@@ -43,6 +46,8 @@ from tqdm import tqdm
 from nnunet_efficient.benchmark.measure import PeakMemory, StageTimer, count_macs, dice_per_class, mean_dice
 from nnunet_efficient.benchmark.regions import check_regions, mean_region_dice, region_dice
 from nnunet_efficient.benchmark.report import BASELINE, write_report
+from nnunet_efficient.common.arguments import check_batch_size, check_step_size
+from nnunet_efficient.common.cases import case_id
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.inference.predictor import EfficientPredictor
 from nnunet_efficient.inference.strategies import STRATEGIES, InferenceStrategy, StrategyOption, get_strategy
@@ -172,10 +177,6 @@ def variant_folder(strategy: str, options: Mapping[str, Any]) -> str:
     return strategy + "".join(f"__{k}={options[k]}" for k in sorted(options))
 
 
-def _case_id(first_file: str, file_ending: str) -> str:
-    return os.path.basename(first_file)[:-(len(file_ending) + 5)]  # drop _XXXX<ending>
-
-
 def _median(values: Sequence[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -209,10 +210,8 @@ class Benchmark:
     def __init__(self, model_folder: str, folds: Sequence[int | str], device: torch.device,
                  use_mirroring: bool = True, step_size: float | str = 0.5, batch_size: int = 1,
                  checkpoint_name: str = "checkpoint_final.pth", cpu_bf16: bool = False):
-        if step_size != "auto" and not 0 < step_size <= 1:
-            raise EfficientError(f"-step_size must be in (0, 1] or auto, got {step_size}")
-        if batch_size < 1:
-            raise EfficientError(f"--batch_size must be >= 1, got {batch_size}")
+        check_step_size(step_size)
+        check_batch_size(batch_size)
         self.use_mirroring, self.step_size, self.cpu_bf16, self.device = use_mirroring, step_size, cpu_bf16, device
         # window progress bars would fight with the benchmark's own bar
         self.model_folder, self.folds, self.auto_step = model_folder, list(folds), None
@@ -248,7 +247,7 @@ class Benchmark:
         out = []
         for files in list_cases(images, self.file_ending, channels):
             check_case_files(files, self.reader_writer, channels, model)
-            case = _case_id(files[0], self.file_ending)
+            case = case_id(files[0], self.file_ending)
             ref = os.path.join(reference, case + self.file_ending)
             if not os.path.isfile(ref):
                 raise InputFileError(ref, f"reference label of case '{case}' is missing")
@@ -295,7 +294,7 @@ class Benchmark:
         """
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-        from nnunet_efficient.inference.export import logits_to_labels
+        from nnunet_efficient.inference.label_export import logits_to_labels
 
         p = self.predictor
         # the export `nnunet-efficient predict` runs: class by class, or nnU-Net's own
@@ -374,7 +373,7 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     Raises:
         EfficientError: a bad argument, variant, model folder, image or reference, before any work.
     """
-    from nnunet_efficient.inference.input_checks import check_output_folder
+    from nnunet_efficient.inference.output_folder import check_output_folder
 
     if repeat < 1:
         raise EfficientError(f"--repeat must be >= 1, got {repeat}")
@@ -410,6 +409,11 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
     for folder in folders:
         check_output_folder(folder)
 
+    for variant, strategy in zip(variants, strategies):
+        if variant.step is not None:  # a step asked for one variant must be one its strategy evaluates
+            benches[variant.model].configure(variant, strategy)
+            benches[variant.model].predictor.check_step_used(variant.step)
+
     if warmup:
         benches[variants[0].model].configure(variants[0], strategies[0])
         benches[variants[0].model].measure(cases[0][1], None)
@@ -433,7 +437,7 @@ def run_benchmark(images: str, reference: str, model_folder: str, output: str, v
                 row = {
                     "case": case, "strategy": name, "options": options,
                     "variant": variant_folder(name, options), "describe": strategy.describe(),
-                    "tta": bool(bench.predictor.use_mirroring), "step_size": bench.predictor.tile_step_size,
+                    "tta": bool(bench.predictor.use_mirroring), "step_size": bench.predictor.step_used(),
                     "bf16": bench.predictor.cpu_bf16 and device.type == "cpu",
                     "batch_size": batch_size, "repeats": repeat,
                     "dice": dice, "mean_dice": mean_dice(dice), "macs": macs,

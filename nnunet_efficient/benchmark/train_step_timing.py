@@ -16,11 +16,11 @@ devices it is wall time after a synchronisation.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import torch
+
+from nnunet_efficient.common.files import atomic_write_json
 
 
 def time_training_steps(dataset: str, configuration: str, fold: int | str, trainer_name: str, plans: str,
@@ -36,8 +36,8 @@ def time_training_steps(dataset: str, configuration: str, fold: int | str, train
     from nnunetv2.run.run_training import get_trainer_from_args
 
     from nnunet_efficient.benchmark.measure import count_macs
-    from nnunet_efficient.networks.nmsw import unwrap_network
-    from nnunet_efficient.trainers import register_plugin_trainers
+    from nnunet_efficient.common.modules import unwrap_network
+    from nnunet_efficient.common.plugin_env import register_plugin_trainers
 
     register_plugin_trainers()
     trainer = get_trainer_from_args(str(dataset), configuration, fold, trainer_name, plans, device=device)
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     fold = args.fold if args.fold == "all" else int(args.fold)
     result = time_training_steps(args.dataset, args.configuration, fold, args.trainer, args.plans,
                                  torch.device(args.device), args.iterations, args.warmup)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.output)
+    atomic_write_json(args.output, result)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from nnunet_efficient.trainers import ext_trainer_value
+from nnunet_efficient.common.plugin_env import ext_trainer_value
 
 NAME = "env"
 

@@ -28,6 +28,8 @@ def step_size_argument(text: str) -> float | str:
 STEP_SIZE_HELP = ("sliding-window step as a fraction of the patch (0 < s <= 1), or 'auto': the step recommended by "
                   "the model's patch-performance map (fold_X/patch_performance.json; nnU-Net's 0.5 without one). "
                   "Default: 0.5")
+#: the sliding-window step when -step_size is not given (nnU-Net's)
+DEFAULT_STEP_SIZE = 0.5
 
 
 def add_nnunet_predict_arguments(p) -> None:
@@ -41,7 +43,8 @@ def add_nnunet_predict_arguments(p) -> None:
     p.add_argument("-m", help="trained model folder (TRAINER__PLANS__CONFIG); replaces -d/-tr/-p/-c")
     p.add_argument("-f", nargs="+", default=None,
                    help="folds to ensemble. Default: 0 1 2 3 4 (every exported fold with --backend onnxruntime)")
-    p.add_argument("-step_size", type=step_size_argument, default=0.5, help=STEP_SIZE_HELP)
+    # None: not given (DEFAULT_STEP_SIZE), so that a step a strategy would ignore is refused only when asked for
+    p.add_argument("-step_size", type=step_size_argument, default=None, help=STEP_SIZE_HELP)
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--verbose", action="store_true", help="print more")
     p.add_argument("--save_probabilities", action="store_true", help="also write .npz probabilities")
@@ -110,16 +113,15 @@ def select_device(name: str):
 
 
 def run(args, extra) -> int:
+    from nnunet_efficient.common.arguments import check_batch_size, check_part, check_step_size
     from nnunet_efficient.errors import EfficientError
     from nnunet_efficient.inference.predictor import EfficientPredictor
     from nnunet_efficient.inference.strategies import STRATEGIES
 
-    if not 0 <= args.part_id < args.num_parts:
-        raise EfficientError(f"-part_id must be between 0 and -num_parts - 1, got {args.part_id}")
-    if args.step_size != "auto" and not 0 < args.step_size <= 1:
-        raise EfficientError(f"-step_size must be in (0, 1] or auto, got {args.step_size}")
-    if args.batch_size < 1:
-        raise EfficientError(f"--batch_size must be >= 1, got {args.batch_size}")
+    check_part(args.part_id, args.num_parts)
+    if args.step_size is not None:
+        check_step_size(args.step_size)
+    check_batch_size(args.batch_size)
     onnx = getattr(args, "backend", "pytorch") == "onnxruntime"
     if onnx and not args.m:
         raise EfficientError("--backend onnxruntime reads a folder written by `nnunet-efficient export`: "
@@ -130,7 +132,7 @@ def run(args, extra) -> int:
     model_folder = resolve_model_folder(args)
     folds = [f if f == "all" else int(f) for f in (args.f or ("0", "1", "2", "3", "4"))]
     # with auto, the step is read from the model folder once the predictor has checked that folder
-    step_size = 0.5 if args.step_size == "auto" else args.step_size
+    step_size = DEFAULT_STEP_SIZE if args.step_size in (None, "auto") else args.step_size
     predictor = EfficientPredictor(
         tile_step_size=step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
         perform_everything_on_device=not args.not_on_device,
@@ -147,6 +149,8 @@ def run(args, extra) -> int:
 
         predictor.tile_step_size, message = resolve_auto_step(model_folder, folds)
         print(message)
+    if args.step_size is not None:  # an NMSW strategy has its own candidate grid (or none): refuse another step
+        predictor.check_step_used(args.step_size)
     try:
         if args.npp == 0 and args.nps == 0:
             if args.num_parts != 1:

@@ -17,8 +17,8 @@ import argparse
 import os
 import sys
 
+from nnunet_efficient.common.plugin_env import register_plugin_trainers
 from nnunet_efficient.errors import EfficientError
-from nnunet_efficient.trainers import register_plugin_trainers
 
 NAME = "train"
 
@@ -32,7 +32,7 @@ def check_trainer(name: str) -> type:
     """The trainer class called ``name``, or one line when nnU-Net would not find it."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunet_efficient.inference.input_checks import quiet_trainer_search
+    from nnunet_efficient.inference.model_folder import quiet_trainer_search
 
     try:
         with quiet_trainer_search():

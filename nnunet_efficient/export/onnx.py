@@ -7,7 +7,8 @@ it (RepUX-Net's kernels folded), split into parts by its registered
 architecture allows). Beside them go ``plans.json``, ``dataset.json`` and ``onnx_export.json``
 (what the onnxruntime backend needs: trainer, configuration, mirroring axes, parts, and the
 checks), so ``nnunet-efficient predict --backend onnxruntime -m OUT`` runs without the
-checkpoint or PyTorch's network code.
+checkpoint or PyTorch's network code. A fold's ``patch_performance.json`` is copied along, so
+``-step_size auto`` reads the same recommendation from the export as from the model folder.
 
 Every file is checked against PyTorch on (1) the seeded random input it was traced with,
 (2) a random input of another batch size (and, where spatial axes are dynamic, another spatial
@@ -31,6 +32,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from nnunet_efficient.common.cases import case_id
+from nnunet_efficient.common.files import atomic_write_bytes
+from nnunet_efficient.common.messages import one_line
+from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.export.architectures import (
     ArchitectureSpec,
@@ -153,7 +158,6 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     from nnunet_efficient.inference.predictor import EfficientPredictor
-    from nnunet_efficient.networks.nmsw import unwrap_network
 
     require_onnxruntime()
     if tolerance <= 0:
@@ -173,7 +177,7 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
                             predictor.configuration_manager.configuration)
     real_volume, real_name = _real_volume(predictor, check_images, num_channels)
 
-    from nnunet_efficient.inference.input_checks import check_output_folder
+    from nnunet_efficient.inference.output_folder import check_output_folder
 
     check_output_folder(output_folder)
     folds = [str(f) for f in folds]
@@ -194,6 +198,7 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
         if spec.kind == "nmsw":
             report.checks.append(_check_nmsw_pipeline(network, output_folder, fold, parts, tolerance,
                                                       real_volume, real_name, context))
+    _copy_step_recommendations(model_folder, output_folder, folds)
     _write_metadata(output_folder, predictor, spec, report, folds,
                     _configuration_name(model_folder, folds[0], checkpoint_name))
     report.seconds = time.perf_counter() - start
@@ -202,8 +207,6 @@ def export_model_folder(model_folder: str, folds: Sequence[int | str], output_fo
 
 # ---------------------------------------------------------------------------------------------- export
 def _export_part(part: ExportPart, path: str, spec: ArchitectureSpec) -> None:
-    from nnunet_efficient.inference.export import one_line
-
     module = part.module.eval()
     requires_grad = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in requires_grad:  # no autograd while tracing: UX-Net's FFT training path must not be taken
@@ -297,7 +300,7 @@ def _real_part_inputs(part: ExportPart, network, context: ExportContext,
         if part.name == "aggregator":
             starts = [(n - w) // 2 for n, w in zip(spatial, network.window_size)]
             window = canvas[(slice(None), slice(None), *(slice(a, a + w) for a, w in zip(starts, network.window_size)))]
-            return (network._local(window), resize_linear_window(global_logits.float(), spatial, starts,
+            return (network.local_pass(window), resize_linear_window(global_logits.float(), spatial, starts,
                                                                  network.window_size))
     return None
 
@@ -359,11 +362,23 @@ def _real_volume(predictor, check_images: Sequence[str] | None, num_channels: in
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     data, _, _ = preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
                                        predictor.dataset_json)
-    name = os.path.basename(files[0])[:-(len(predictor.dataset_json["file_ending"]) + 5)]
+    name = case_id(files[0], predictor.dataset_json["file_ending"])
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), name
 
 
 # ---------------------------------------------------------------------------------------------- metadata
+def _copy_step_recommendations(model_folder: str, output_folder: str, folds: list[str]) -> None:
+    """``fold_X/patch_performance.json`` (what ``-step_size auto`` reads) into the export, where a fold has one."""
+    from nnunet_efficient.patch_performance.files import RECOMMENDATION_FILE
+
+    for fold in folds:
+        source = os.path.join(model_folder, f"fold_{fold}", RECOMMENDATION_FILE)
+        if os.path.isfile(source):
+            with open(source, "rb") as f:
+                atomic_write_bytes(os.path.join(output_folder, f"fold_{fold}", RECOMMENDATION_FILE), f.read())
+
+
+
 def _write_metadata(output_folder: str, predictor, spec: ArchitectureSpec, report: ExportReport,
                     folds: list[str], configuration: str) -> None:
     import onnxruntime

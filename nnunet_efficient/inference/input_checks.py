@@ -1,24 +1,22 @@
-"""Checks that turn bad inputs into one clear line before any work starts.
+"""Checks of the input images that turn bad inputs into one clear line before any work starts.
 
 nnU-Net itself fails deep inside preprocessing on these (or, for NaN voxels, silently produces
-a wrong segmentation), so they run before prediction and name the file and the problem.
+a wrong segmentation), so they run before prediction and name the file and the problem. The
+model folder's checks are in :mod:`.model_folder`, the output folder's in :mod:`.output_folder`.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import re
-import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_efficient.errors import EfficientError, InputFileError
+from nnunet_efficient.common.messages import one_line
+from nnunet_efficient.errors import InputFileError
 
 _CASE_CHANNEL = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 _CHANNEL_FILE_ANY_ENDING = re.compile(r".+_\d{4}\..+")
@@ -140,8 +138,6 @@ def check_case_files(files: Sequence[str], reader_writer_class, num_channels: in
 
 
 def _read(reader, path: str) -> tuple[np.ndarray, dict]:
-    from nnunet_efficient.inference.export import one_line
-
     if not os.path.isfile(path):
         raise InputFileError(path, "file does not exist")
     if os.path.getsize(path) == 0:
@@ -151,19 +147,6 @@ def _read(reader, path: str) -> tuple[np.ndarray, dict]:
             return reader.read_images([path])
         except Exception as error:  # readers raise anything from RuntimeError to struct.error
             raise InputFileError(path, f"cannot be read as an image ({one_line(error)})") from None
-
-
-@contextmanager
-def quiet_trainer_search() -> Iterator[None]:
-    """Silence the deprecation warnings of the modules nnU-Net imports while it searches a trainer class.
-
-    ``recursive_find_trainer_class_by_name`` imports every trainer module until one defines the
-    name; some import ``torch.jit.interface``, whose FutureWarning would precede any message.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
-        yield
 
 
 @contextmanager
@@ -232,8 +215,6 @@ def _count_non_finite(path: str, image: np.ndarray) -> int:
     if path.endswith((".nii", ".nii.gz")):
         import nibabel
 
-        from nnunet_efficient.inference.export import one_line
-
         try:
             image = np.asanyarray(nibabel.load(path).dataobj)
         except Exception as error:  # EOFError, zlib.error, ImageFileError, ...
@@ -241,173 +222,3 @@ def _count_non_finite(path: str, image: np.ndarray) -> int:
     if not np.issubdtype(image.dtype, np.floating):
         return 0
     return int(image.size - np.count_nonzero(np.isfinite(image)))
-
-
-def check_output_folder(folder: str) -> list[str]:
-    """Create ``folder`` if needed and prove that files can be written there.
-
-    Returns:
-        The folders this call created, outermost first (see :func:`remove_created_folders`).
-
-    Raises:
-        InputFileError: the folder is a file, or cannot be created or written.
-    """
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise InputFileError(folder, "is a file; the output must be a folder")
-    created = []
-    parent = os.path.abspath(folder)
-    while not os.path.exists(parent):
-        created.insert(0, parent)
-        parent = os.path.dirname(parent)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nnunet_efficient_write_test_"):
-            pass
-    except OSError as error:
-        remove_created_folders(created)
-        raise InputFileError(folder, f"output folder cannot be written ({error.strerror or error})") from None
-    return created
-
-
-def remove_created_folders(created: Sequence[str]) -> None:
-    """Remove folders made by :func:`check_output_folder` again, innermost first, where still empty."""
-    for folder in reversed(created):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-
-
-LOCK_PREFIX = ".nnunet_efficient_lock"
-
-
-@contextmanager
-def claim_output_folder(folder: str, part_id: int = 0, num_parts: int = 1) -> Iterator[None]:
-    """Hold an exclusive claim on ``folder`` for this ``-part_id`` while predicting into it.
-
-    Two runs of the same part into one folder would predict every case twice and race for the
-    files; runs of different parts (``-num_parts``) share a folder as in nnU-Net. The claim is an
-    ``flock`` on a hidden file, so the kernel releases it whatever way the process ends.
-
-    Raises:
-        EfficientError: another process holds the claim.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no claim
-        yield
-        return
-    name = LOCK_PREFIX + (f"_part{part_id}of{num_parts}" if num_parts > 1 else "")
-    path = os.path.join(folder, name)
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            claimed = True
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                claimed = False  # a file system without locks: proceed unclaimed
-            else:
-                handle.seek(0)
-                holder = handle.read().strip() or "?"
-                same_part = " with the same -part_id" if num_parts > 1 else ""
-                raise EfficientError(f"{folder}: another nnunet-efficient predict (pid {holder}) is writing this "
-                                     f"output folder{same_part}; wait for it to finish or give another -o") from None
-        if claimed:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
-        try:
-            yield
-        finally:
-            with suppress(FileNotFoundError):
-                os.remove(path)
-    finally:
-        handle.close()
-
-
-def check_model_folder(model_folder: str, folds: Sequence[int | str] | None, checkpoint_name: str) -> list:
-    """Check that a trained model folder has what prediction needs.
-
-    Returns:
-        The folds to load (those found when ``folds`` is None).
-
-    Raises:
-        InputFileError: missing folder, ``plans.json``, ``dataset.json`` or checkpoint.
-        EfficientError: no fold given and none found.
-    """
-    if not os.path.isdir(model_folder):
-        raise InputFileError(model_folder, "model folder does not exist (check -d/-tr/-p/-c or -m)")
-    for name in ("plans.json", "dataset.json"):
-        path = os.path.join(model_folder, name)
-        if not os.path.isfile(path):
-            raise InputFileError(path, "missing; is this an nnU-Net model folder?")
-        try:
-            with open(path) as f:
-                json.load(f)
-        except (OSError, ValueError) as error:
-            raise InputFileError(path, f"is not valid JSON ({error})") from None
-    if folds is None:
-        folds = [d[len("fold_"):] for d in sorted(os.listdir(model_folder))
-                 if d.startswith("fold_") and os.path.isfile(os.path.join(model_folder, d, checkpoint_name))]
-        if not folds:
-            raise EfficientError(f"{model_folder}: no fold_X/{checkpoint_name} found (training not finished?)")
-    for fold in folds:
-        checkpoint = os.path.join(model_folder, f"fold_{fold}", checkpoint_name)
-        if not os.path.isfile(checkpoint):
-            raise InputFileError(checkpoint, "checkpoint missing (training not finished? other -chk?)")
-    return list(folds)
-
-
-def diagnose_model_folder(model_folder: str, folds: Sequence[int | str], checkpoint_name: str,
-                          error: BaseException) -> EfficientError | None:
-    """Name the file at fault when nnU-Net fails to load a model folder that :func:`check_model_folder`
-    accepted (corrupt checkpoint, unknown trainer, configuration missing from the plans, weights of
-    another network), or None when it is none of these."""
-    import torch
-
-    from nnunet_efficient.inference.export import one_line
-
-    first = None
-    for fold in folds:
-        path = os.path.join(model_folder, f"fold_{fold}", checkpoint_name)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as load_error:
-            return InputFileError(path, f"cannot be loaded as a PyTorch checkpoint, truncated or corrupt? "
-                                        f"({one_line(load_error)})")
-        missing = [k for k in ("network_weights", "trainer_name", "init_args") if k not in checkpoint]
-        if not isinstance(checkpoint, dict) or missing:
-            return InputFileError(path, f"is not an nnU-Net checkpoint (no {', '.join(missing) or 'dict'})")
-        first = first or (path, checkpoint)
-    if first is None:
-        return None
-    path, checkpoint = first
-    with open(os.path.join(model_folder, "plans.json")) as f:
-        configurations = json.load(f).get("configurations", {})
-    configuration = checkpoint["init_args"].get("configuration")
-    if configuration not in configurations:
-        return InputFileError(os.path.join(model_folder, "plans.json"),
-                              f"has no configuration '{configuration}', which {os.path.relpath(path, model_folder)} "
-                              f"was trained with (it has {', '.join(sorted(configurations)) or 'none'})")
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    try:
-        with quiet_trainer_search():
-            recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
-    except Exception:
-        return InputFileError(path, f"was trained with trainer '{checkpoint['trainer_name']}', which neither nnU-Net "
-                                    f"nor nnunet-efficient defines (add its folder to nnUNet_extTrainer)")
-    text = str(error)
-    if "state_dict" in text:
-        mismatch = re.search(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
-                             r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", text)
-        if mismatch:
-            detail = f"{mismatch[1]} is {mismatch[2]} in the checkpoint, {mismatch[3]} in the network"
-        else:
-            detail = next((line.strip() for line in text.splitlines() if "Missing key" in line
-                           or "Unexpected key" in line), one_line(error))[:160]
-        return InputFileError(path, f"its weights do not fit the network that plans.json describes (other plans "
-                                    f"or dataset?): {detail}")
-    return None

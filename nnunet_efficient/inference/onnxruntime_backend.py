@@ -7,8 +7,9 @@ what :class:`~nnunet_efficient.inference.predictor.EfficientPredictor` expects o
 
 - ``kind="network"``: :class:`OrtNetwork`, ``(B, C_in, *window)`` → logits, so ``sliding_window``
   and ``sparse`` run unchanged (nnU-Net's grid, Gaussian, mirroring, float16 aggregation).
-- ``kind="nmsw"``: :class:`OrtNMSWNetwork`, an :class:`~nnunet_efficient.networks.nmsw.NMSWNetwork`
-  whose global branch, scorer head, local branch and aggregator are ONNX parts, so ``nmsw``,
+- ``kind="nmsw"``: :class:`OrtNMSWNetwork`, an :class:`~nnunet_efficient.networks.nmsw.NMSWPipeline`
+  (NMSW's computation, the class :class:`~nnunet_efficient.networks.nmsw.NMSWNetwork` builds on)
+  constructed from the ONNX global branch, scorer head, local branch and aggregator, so ``nmsw``,
   ``random_fg``, ``zoom``, ``global`` and ``sliding_window`` (the local part) run unchanged.
 
 Fold ensembling stays nnU-Net's: it calls ``network.load_state_dict(parameters)`` for each fold;
@@ -27,8 +28,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from nnunet_efficient.common.messages import one_line
 from nnunet_efficient.errors import EfficientError, InputFileError
-from nnunet_efficient.networks.nmsw import NMSWNetwork, _resize_linear
+from nnunet_efficient.networks.nmsw import NMSWPipeline, downsample_image
 from nnunet_efficient.sampling.topk import DEFAULT_TAU
 
 EXPORT_METADATA = "onnx_export.json"
@@ -70,8 +72,6 @@ class OrtPart(nn.Module):
             try:
                 self.sessions[str(fold)] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types
-                from nnunet_efficient.inference.export import one_line
-
                 raise InputFileError(path, f"cannot be loaded by onnxruntime ({one_line(error)})") from None
         self.fold = next(iter(self.sessions))
         first = self.sessions[self.fold]
@@ -126,11 +126,11 @@ class _OrtScorer(nn.Module):
         self.head = head
 
     def forward(self, features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-        return self.head(_resize_linear(features, grid)).flatten(1)
+        return self.head(downsample_image(features, grid)).flatten(1)
 
 
-class OrtNMSWNetwork(_FoldSelection, NMSWNetwork):
-    """An exported NMSW model: NMSWNetwork's inference (candidate grid, top-K, merge) on ONNX parts.
+class OrtNMSWNetwork(_FoldSelection, NMSWPipeline):
+    """An exported NMSW model: NMSW's inference (candidate grid, top-K, merge) on ONNX parts.
 
     Args:
         parts: the ``global``, ``scorer``, ``local`` and ``aggregator`` parts.
@@ -141,24 +141,12 @@ class OrtNMSWNetwork(_FoldSelection, NMSWNetwork):
     def __init__(self, parts: Mapping[str, OrtPart], num_classes: int, window_size: Sequence[int],
                  global_shape: Sequence[int], step: float = 0.5, k_train: int = 4, k_infer: int = 5,
                  tau: float = DEFAULT_TAU):
-        # NMSWNetwork.__init__ builds PyTorch branches from U-Nets; here the parts are ready-made,
-        # so only the module machinery is initialised and the attributes its methods read are set.
-        nn.Module.__init__(self)
         missing = {"global", "scorer", "local", "aggregator"} - set(parts)
         if missing:
             raise EfficientError(f"an NMSW export needs the parts global, scorer, local, aggregator; "
                                  f"missing {', '.join(sorted(missing))}")
-        self.global_branch = parts["global"]
-        self.scorer = _OrtScorer(parts["scorer"])
-        self.local_net = parts["local"]
-        self.aggregator = parts["aggregator"]
-        self.num_classes = int(num_classes)
-        self.window_size = tuple(int(w) for w in window_size)
-        self.global_shape = tuple(int(g) for g in global_shape)
-        self.step = float(step)
-        self.k_train = int(k_train)
-        self.k_infer = int(k_infer)
-        self.tau = float(tau)
+        super().__init__(parts["global"], _OrtScorer(parts["scorer"]), parts["local"], parts["aggregator"],
+                         num_classes, window_size, global_shape, step, k_train, k_infer, tau)
 
 
 def assemble_network(kind: str, paths: Mapping[str, Mapping[str, str]], nmsw: Mapping | None = None) -> nn.Module:
@@ -197,6 +185,23 @@ def read_export_metadata(folder: str) -> dict:
     if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
         raise InputFileError(path, f"is not an nnunet-efficient ONNX export (no format '{EXPORT_FORMAT}')")
     return metadata
+
+
+def read_export_jsons(folder: str) -> tuple[dict, dict]:
+    """``plans.json`` and ``dataset.json`` of an exported folder.
+
+    Raises:
+        InputFileError: either is missing or not valid JSON.
+    """
+    jsons = []
+    for name in ("plans.json", "dataset.json"):
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                jsons.append(json.load(f))
+        except (OSError, ValueError) as error:
+            raise InputFileError(path, f"missing or not valid JSON ({error})") from None
+    return jsons[0], jsons[1]
 
 
 def load_exported_network(folder: str, folds: Sequence[int | str] | None, metadata: dict) -> tuple[nn.Module, list]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from nnunet_efficient.common.cases import case_id
 from nnunet_efficient.errors import EfficientError, InputFileError
 from nnunet_efficient.patch_performance.files import save_patch_performance
 from nnunet_efficient.patch_performance.recommendation import StepRecommendation, recommend_step
@@ -187,7 +188,7 @@ class ModelFolderMap:
         cases = []
         for files in list_cases(images, ending, channels):
             check_case_files(files, p.plans_manager.image_reader_writer_class, channels)
-            case = os.path.basename(files[0])[:-(len(ending) + 5)]
+            case = case_id(files[0], ending)
             label = os.path.join(labels, case + ending)
             if not os.path.isfile(label):
                 raise InputFileError(label, f"label of case '{case}' is missing")

@@ -2,29 +2,27 @@
 
 The sliding-window step (``predict_sliding_window_return_logits``) is replaced by a strategy;
 nnU-Net keeps doing preprocessing and fold ensembling. When only labels are wanted (no
-probabilities), the export runs class by class in this process (:mod:`.export`), so its memory
+probabilities), the export runs class by class in this process (:mod:`.label_export`), so its memory
 does not grow with the number of classes; with probabilities nnU-Net's own export runs.
 
 Around the file-based entry points the predictor adds what a user expects from a command:
-inputs and the model are checked first and problems end in one line; outputs are written to a
-staging folder and each case is moved into place as soon as it is complete, so an interrupted
-run leaves complete files only and ``--continue_prediction`` resumes it; a second process writing
-the same output folder (and the same ``-part_id``) is refused.
+inputs and the model are checked first and problems end in one line (:mod:`.input_checks`,
+:mod:`.model_folder`); outputs are written to a staging folder and each case is moved into place
+as soon as it is complete, so an interrupted run leaves complete files only and
+``--continue_prediction`` resumes it; a second process writing the same output folder (and the
+same ``-part_id``) is refused (:mod:`.output_folder`). nnU-Net's worker processes start deaf to
+Ctrl-C and end with a failed run (:mod:`.worker_processes`); the onnxruntime backend's files are
+read by :mod:`.onnxruntime_backend`.
 """
 
 from __future__ import annotations
 
-import errno
 import inspect
-import json
 import multiprocessing
 import os
-import shutil
-import signal
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -39,25 +37,17 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot, determine_num_input_channels
 from tqdm import tqdm
 
-from nnunet_efficient.errors import EfficientError, InputFileError
-from nnunet_efficient.inference.export import export_labels, logits_to_labels
-from nnunet_efficient.inference.input_checks import (
-    ModelInput,
-    check_case_files,
-    check_model_folder,
-    check_output_folder,
-    claim_output_folder,
-    diagnose_model_folder,
-    list_cases,
-    quiet_trainer_search,
-    remove_created_folders,
-)
-from nnunet_efficient.inference.strategies import InferenceStrategy, get_strategy
+from nnunet_efficient.common.arguments import check_part
+from nnunet_efficient.common.cases import case_id
+from nnunet_efficient.common.plugin_env import register_plugin_trainers
+from nnunet_efficient.errors import EfficientError
+from nnunet_efficient.inference.input_checks import ModelInput, check_case_files, list_cases
+from nnunet_efficient.inference.label_export import export_labels, logits_to_labels
+from nnunet_efficient.inference.model_folder import check_model_folder, diagnose_model_folder, quiet_trainer_search
+from nnunet_efficient.inference.output_folder import StagedOutputs, check_output_folder, remove_created_folders
+from nnunet_efficient.inference.strategies import InferenceStrategy, StrategyContext, get_strategy
+from nnunet_efficient.inference.worker_processes import terminate_processes, workers_deaf_to_ctrl_c
 from nnunet_efficient.sampling.sliding_window import WindowRun
-from nnunet_efficient.trainers import register_plugin_trainers
-
-STAGING_PREFIX = ".nnunet_efficient_partial_"
-WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def fold_reparameterisations(network: torch.nn.Module) -> None:
@@ -71,39 +61,6 @@ def fold_reparameterisations(network: torch.nn.Module) -> None:
         fold = getattr(module, "fold_reparameterisation", None)
         if callable(fold):
             fold()
-
-
-def _workers_deaf_to_ctrl_c(iterator: Iterator[dict]) -> Iterator[dict]:
-    """nnU-Net's preprocessing iterator, its worker processes started deaf to SIGINT.
-
-    A terminal's Ctrl-C goes to the whole process group: each of nnU-Net's workers would print
-    its own KeyboardInterrupt traceback. nnU-Net spawns them while fetching the first item; a
-    process started with SIGINT ignored keeps ignoring it (Python installs no KeyboardInterrupt
-    handler then), so SIGINT is ignored during that fetch, and blocked too: on Linux a blocked
-    signal stays pending even while ignored, and reaches this process's own handler as soon as
-    the fetch returns. Ctrl-C then ends the command with one line.
-    """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield from iterator
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        first = next(iterator, None)
-    finally:
-        signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C during the fetch is delivered here
-    if first is None:
-        return
-    yield first
-    yield from iterator
-
-
-def _terminate(processes) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=5)
 
 
 class EfficientPredictor(nnUNetPredictor):
@@ -121,7 +78,7 @@ class EfficientPredictor(nnUNetPredictor):
             it has not; labels then differ from nnU-Net's on a few voxels in 10⁵. Off by default.
         bounded_export: when no probabilities are saved, export labels class by class in this
             process (peak memory independent of the number of classes, labels as nnU-Net's;
-            :mod:`nnunet_efficient.inference.export`). False: nnU-Net's export in worker processes.
+            :mod:`nnunet_efficient.inference.label_export`). False: nnU-Net's export in worker processes.
         **strategy_options: options of a strategy given by name (e.g. ``k=5``).
 
     The other arguments are ``nnUNetPredictor``'s.
@@ -153,9 +110,7 @@ class EfficientPredictor(nnUNetPredictor):
         self.last_run: WindowRun | None = None
         self.last_network_seconds: float | None = None
         self.last_export_seconds: float | None = None
-        #: cases of the current file-based run whose outputs are complete in their final place
-        self.cases_written = 0
-        self._publish: dict[str, str] = {}  # staged output name -> final output name
+        self._outputs: StagedOutputs | None = None  # the current file-based run's outputs
 
     @property
     def mirror_axes(self) -> tuple[int, ...] | None:
@@ -168,6 +123,39 @@ class EfficientPredictor(nnUNetPredictor):
         with tqdm(total=total, desc=self.strategy.name, unit="window", disable=not self.allow_tqdm,
                   leave=False) as bar:
             yield bar
+
+    def strategy_context(self) -> StrategyContext:
+        """What the strategy may use of this predictor: network, grid, device, mirroring, batch size, managers."""
+        return StrategyContext(
+            network=self.network, device=self.device, step=self.tile_step_size, mirror_axes=self.mirror_axes,
+            batch_size=self.sw_batch_size, accumulate_dtype=self.accumulate_dtype, use_gaussian=self.use_gaussian,
+            perform_everything_on_device=self.perform_everything_on_device, plans_manager=self.plans_manager,
+            configuration_manager=self.configuration_manager, label_manager=self.label_manager,
+            trainer_name=getattr(self, "trainer_name", None), verbose=self.verbose, progress=self.window_progress)
+
+    def step_used(self) -> float | None:
+        """The sliding-window step the strategy evaluates: ``tile_step_size``, the model's own candidate
+        grid's (``nmsw``, ``random_fg``) or None (no grid: ``zoom``, ``global``)."""
+        return self.strategy.step_used(self.strategy_context())
+
+    def check_step_used(self, requested: float | str | None = None) -> None:
+        """Refuse the requested ``tile_step_size`` (``-step_size``) where the strategy would not use it.
+
+        Args:
+            requested: what the user gave, for the message (``"auto"``: ``tile_step_size`` is what it resolved to).
+
+        Raises:
+            EfficientError: the strategy evaluates another grid, or none.
+        """
+        used = self.step_used()
+        if used == self.tile_step_size:
+            return
+        given = f"auto ({self.tile_step_size:g})" if requested == "auto" else f"{self.tile_step_size:g}"
+        requested = f"-step_size {given} does not apply to strategy '{self.strategy.name}'"
+        if used is None:
+            raise EfficientError(f"{requested}: it evaluates no sliding-window grid; leave -step_size out")
+        raise EfficientError(f"{requested}: it chooses among the model's candidate windows, nnU-Net's grid at step "
+                             f"{used:g} (the plans' nmsw step); leave -step_size out or give {used:g}")
 
     def _autocast(self):
         # nnU-Net enables autocast on CUDA only: on CPU it is slow (unless bfloat16 is native), on MPS unsupported.
@@ -189,7 +177,7 @@ class EfficientPredictor(nnUNetPredictor):
         with self._autocast():
             data, revert_padding = pad_nd_image(input_image, self.configuration_manager.patch_size,
                                                 "constant", {"value": 0}, True, None)
-            logits, run = self.strategy.predict(self, data)
+            logits, run = self.strategy.predict(self.strategy_context(), data)
             logits = logits[(slice(None), *revert_padding[1:])]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -213,11 +201,11 @@ class EfficientPredictor(nnUNetPredictor):
                 raise
             raise problem from None
         fold_reparameterisations(self.network)
-        self.strategy.check_predictor(self)
+        self.strategy.check(self.strategy_context())
 
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
-        self.strategy.check_predictor(self)
+        self.strategy.check(self.strategy_context())
 
     def initialize_from_exported_folder(self, exported_folder: str, use_folds=None) -> None:
         """Load a folder written by ``nnunet-efficient export``: the network runs in onnxruntime.
@@ -236,7 +224,11 @@ class EfficientPredictor(nnUNetPredictor):
         """
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from nnunet_efficient.inference.onnxruntime_backend import load_exported_network, read_export_metadata
+        from nnunet_efficient.inference.onnxruntime_backend import (
+            load_exported_network,
+            read_export_jsons,
+            read_export_metadata,
+        )
 
         if self.device.type != "cpu":
             raise EfficientError(f"the onnxruntime backend runs on the CPU (onnxruntime's CPUExecutionProvider); "
@@ -248,15 +240,7 @@ class EfficientPredictor(nnUNetPredictor):
             raise EfficientError(f"strategy '{self.strategy.name}' needs the PyTorch backend (it uses the network's "
                                  f"modules); use --backend pytorch on the trained model folder")
         metadata = read_export_metadata(exported_folder)
-        jsons = []
-        for name in ("plans.json", "dataset.json"):
-            path = os.path.join(exported_folder, name)
-            try:
-                with open(path) as f:
-                    jsons.append(json.load(f))
-            except (OSError, ValueError) as error:
-                raise InputFileError(path, f"missing or not valid JSON ({error})") from None
-        plans, dataset_json = jsons
+        plans, dataset_json = read_export_jsons(exported_folder)
         network, parameters = load_exported_network(exported_folder, use_folds, metadata)
         plans_manager = PlansManager(plans)
         axes = metadata.get("inference_allowed_mirroring_axes")
@@ -301,7 +285,7 @@ class EfficientPredictor(nnUNetPredictor):
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
         """nnU-Net's loop over preprocessed cases; without probabilities, each case's labels are exported
-        class by class in this process (:func:`~nnunet_efficient.inference.export.export_labels`) before
+        class by class in this process (:func:`~nnunet_efficient.inference.label_export.export_labels`) before
         the next case starts, so at most one logits buffer exists at a time."""
         if save_probabilities or not self.bounded_export:
             return super().predict_from_data_iterator(data_iterator, save_probabilities,
@@ -320,7 +304,8 @@ class EfficientPredictor(nnUNetPredictor):
                 if ofile is not None:
                     export_labels(logits, properties, self.configuration_manager, self.plans_manager,
                                   self.dataset_json, ofile)
-                    self._publish_case(ofile)
+                    if self._outputs is not None:
+                        self._outputs.publish_case(ofile)
                     results.append(None)
                 else:
                     results.append(logits_to_labels(logits, self.plans_manager, self.configuration_manager,
@@ -336,7 +321,7 @@ class EfficientPredictor(nnUNetPredictor):
         return results
 
     def _internal_get_data_iterator_from_lists_of_filenames(self, *args, **kwargs):
-        return _workers_deaf_to_ctrl_c(super()._internal_get_data_iterator_from_lists_of_filenames(*args, **kwargs))
+        return workers_deaf_to_ctrl_c(super()._internal_get_data_iterator_from_lists_of_filenames(*args, **kwargs))
 
     def _sequential_iterator(self, cases: list[list[str]], outputs: list[str] | None,
                              folder_with_segs_from_prev_stage: str | None) -> Iterator[dict]:
@@ -348,7 +333,7 @@ class EfficientPredictor(nnUNetPredictor):
             previous = None
             if folder_with_segs_from_prev_stage is not None:
                 previous = os.path.join(folder_with_segs_from_prev_stage,
-                                        os.path.basename(files[0])[:-(len(ending) + 5)] + ending)
+                                        case_id(files[0], ending) + ending)
             data, seg, properties = preprocessor.run_case(files, previous, self.plans_manager,
                                                           self.configuration_manager, self.dataset_json)
             if previous is not None:
@@ -375,8 +360,7 @@ class EfficientPredictor(nnUNetPredictor):
 
         An output folder created here is removed again when a later check fails (no partial output).
         """
-        if not 0 <= part_id < num_parts:
-            raise EfficientError(f"-part_id must be between 0 and -num_parts - 1 ({num_parts - 1}), got {part_id}")
+        check_part(part_id, num_parts)
         file_ending = self.dataset_json["file_ending"]
         num_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                     self.dataset_json)
@@ -397,7 +381,7 @@ class EfficientPredictor(nnUNetPredictor):
                     raise EfficientError(f"{outputs}: the output folder is the input folder; give another -o "
                                          f"(predictions CASE{file_ending} would be mixed with the images)")
                 created += check_output_folder(outputs)
-                outputs = [os.path.join(outputs, os.path.basename(c[0])[:-(len(file_ending) + 5)]) for c in cases]
+                outputs = [os.path.join(outputs, case_id(c[0], file_ending)) for c in cases]
             elif outputs is not None:
                 outputs = list(outputs)
                 if len(outputs) != len(cases):
@@ -421,57 +405,26 @@ class EfficientPredictor(nnUNetPredictor):
         return cases, outputs
 
     def _staged(self, outputs: list[str] | None, run, part: tuple[int, int] = (0, 1)):
-        """Run ``run(staged_outputs)`` writing into staging folders; outputs move into place as they complete.
-
-        nnU-Net writes each output directly to its final name; a crash then leaves a truncated
-        file that ``--continue_prediction`` would take for a finished case. Staging in a hidden
-        folder beside the outputs (same file system, so the move is an atomic rename) prevents that:
-        :meth:`predict_from_data_iterator` moves each case as soon as it is written, whatever is
-        left (nnU-Net's own export, run files) moves at the end. While it runs, the output folders
-        are claimed for this ``-part_id`` (:func:`claim_output_folder`).
-        """
-        self.cases_written = 0
+        """Run ``run(staged_outputs)`` with :class:`~.output_folder.StagedOutputs`: outputs are written into
+        staging folders and move into place as they complete (:meth:`predict_from_data_iterator` moves
+        each case as soon as it is written), the output folders claimed for this ``-part_id``."""
+        self._outputs = None
         if outputs is None:
             return run(None)
         if not outputs:
             return []
-        folders = sorted({os.path.dirname(os.path.abspath(o)) for o in outputs})
-        staging = {f: os.path.join(f, f"{STAGING_PREFIX}{os.getpid()}") for f in folders}
         children = set(multiprocessing.active_children())
-        with ExitStack() as claims:
-            for folder in folders:
-                claims.enter_context(claim_output_folder(folder, *part))
-            try:
-                for s in staging.values():
-                    os.makedirs(s, exist_ok=True)
-                staged = [os.path.join(staging[os.path.dirname(os.path.abspath(o))], os.path.basename(o))
-                          for o in outputs]
-                self._publish = dict(zip(staged, outputs))
-                result = run(staged)
-                for folder, s in staging.items():
-                    for name in os.listdir(s):
-                        os.replace(os.path.join(s, name), os.path.join(folder, name))
-                self.cases_written = len(outputs)
-                return result
-            except BaseException as error:
-                # nnU-Net's preprocessing workers outlive a failed run and then print tracebacks once its
-                # manager process is gone: end the processes this run started first
-                _terminate(set(multiprocessing.active_children()) - children)
-                if isinstance(error, OSError) and error.errno in WRITE_ERRORS:  # a full disk, ...
-                    raise InputFileError(error.filename or folders[0],
-                                         f"cannot be written ({error.strerror or error})") from None
-                raise
-            finally:
-                self._publish = {}
-                for s in staging.values():
-                    shutil.rmtree(s, ignore_errors=True)
 
-    def _publish_case(self, staged: str) -> None:
-        """Move a finished case's files from the staging folder to their final names."""
-        final = self._publish.get(staged)
-        if final is None:
-            return
-        for suffix in (self.dataset_json["file_ending"], ".npz", ".pkl"):
-            if os.path.isfile(staged + suffix):
-                os.replace(staged + suffix, final + suffix)
-        self.cases_written += 1
+        def end_new_workers() -> None:
+            # nnU-Net's preprocessing workers outlive a failed run and then print tracebacks once its
+            # manager process is gone: end the processes this run started first
+            terminate_processes(set(multiprocessing.active_children()) - children)
+
+        self._outputs = StagedOutputs(outputs, self.dataset_json["file_ending"], part, on_failure=end_new_workers)
+        with self._outputs as staged:
+            return run(staged)
+
+    @property
+    def cases_written(self) -> int:
+        """Cases of the current file-based run whose outputs are complete in their final place."""
+        return 0 if self._outputs is None else self._outputs.cases_written

@@ -14,12 +14,19 @@ Example:
     >>> loss = dice_ce(out["logits"], label) + ... + ENTROPY_WEIGHT * score_entropy(out["masked_scores"])
     >>> pred = net.forward_infer(image, k=5)["logits"]
     >>> pred = net(image)  # the same with the default k_infer: what nnU-Net's predictor calls
+
+The three stages are public, so an inference strategy composes them itself (and an exported
+network runs them on ONNX parts): :meth:`NMSWNetwork.global_pass` (global branch, scores,
+foreground, candidate grid), :meth:`NMSWNetwork.choose_windows` (the one implementation of the
+top-k, random-foreground, all-candidates and global-only choices) and
+:meth:`NMSWNetwork.local_pass` (the local U-Net on a batch of windows).
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +57,11 @@ from nnunet_efficient.sampling.windows import (
 __all__ = [
     "ENTROPY_WEIGHT",
     "MAX_SCORE",
+    "WINDOW_CHOICES",
     "GlobalBranch",
+    "GlobalPass",
     "NMSWNetwork",
+    "NMSWPipeline",
     "Scorer",
     "downsample_image",
     "downsample_label",
@@ -65,6 +75,10 @@ ENTROPY_WEIGHT = -1e-5
 
 #: Scores are clamped from above (reference): keeps ``exp(score / tau)`` finite in float32.
 MAX_SCORE = 70.0
+
+#: The window choices of :meth:`NMSWNetwork.choose_windows`: the scorer's top-k, k random
+#: foreground candidates, every candidate, none (the global branch alone).
+WINDOW_CHOICES = ("nmsw", "random_fg", "all", "global")
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -253,10 +267,46 @@ class Scorer(nn.Module):
         return s.clamp(max=MAX_SCORE).flatten(1)
 
 
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The module behind a DistributedDataParallel and/or ``torch.compile`` wrapper."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
+@dataclass
+class GlobalPass:
+    """What the global pass says about a batch of full-resolution volumes (:meth:`NMSWNetwork.global_pass`).
+
+    Attributes:
+        global_logits: ``(B, classes, *global_shape)`` logits of the global branch.
+        scores: ``(B, N)`` candidate scores (clamped at :data:`MAX_SCORE`), ``N = prod(grid_shape)``.
+        masked_scores: ``(B, N)`` ``scores`` plus the background log-mask (what the top-k ranks).
+        foreground: ``(B, N)`` bool, candidates on the global prediction's foreground.
+        grid_shape: candidate-grid shape ``(n_x, n_y, n_z)``.
+        starts: the ``N`` candidate window starts (full resolution, C order like the scores).
+        spatial: the full-resolution spatial shape ``(X, Y, Z)``.
+    """
+
+    global_logits: torch.Tensor
+    scores: torch.Tensor
+    masked_scores: torch.Tensor
+    foreground: torch.Tensor
+    grid_shape: tuple[int, ...]
+    starts: list[tuple[int, ...]]
+    spatial: tuple[int, ...]
+
+    def outputs(self) -> dict:
+        """The entries ``forward_train`` and ``forward_infer`` return: ``global_logits``, ``scores``,
+        ``masked_scores``, ``foreground`` and ``grid_shape``."""
+        return {"global_logits": self.global_logits, "scores": self.scores, "masked_scores": self.masked_scores,
+                "foreground": self.foreground, "grid_shape": self.grid_shape}
+
+    def window_starts(self, indices: torch.Tensor) -> list[list[tuple[int, ...]]]:
+        """Per sample, the starts of candidate ``indices`` ``(B, K)``."""
+        return [[self.starts[n] for n in row] for row in indices.tolist()]
+
+
+def _conv_op(window_size: Sequence[int], global_shape: Sequence[int]) -> type[nn.Module]:
+    if len(global_shape) != len(window_size) or len(window_size) not in _CONV:
+        raise ValueError(
+            f"window_size {tuple(window_size)} and global_shape {tuple(global_shape)} must both be "
+            f"1D, 2D or 3D shapes of the same length."
+        )
+    return _CONV[len(window_size)]
 
 
 def _freeze_deep_supervision_heads(unet: nn.Module) -> None:
@@ -270,8 +320,13 @@ def _freeze_deep_supervision_heads(unet: nn.Module) -> None:
             head.requires_grad_(False)
 
 
-class NMSWNetwork(nn.Module):
-    """Global branch + scorer + differentiable top-k + local branch + learned merge.
+class NMSWPipeline(nn.Module):
+    """NMSW's computation over four parts: global branch, scorer, local network, aggregator.
+
+    Everything NMSW does at training and inference time (candidate grid, global pass, window
+    choice, local pass, learned merge) lives here and reads only the parts and the settings, so
+    the same code runs on PyTorch modules (:class:`NMSWNetwork`, built from two U-Nets) and on
+    any other implementation of the parts (the onnxruntime backend's ONNX sessions).
 
     ``forward(x)`` on a whole volume (the canvas) is the whole NMSW inference
     (:meth:`forward_infer` with ``k_infer`` windows, its logits). Configuration ``3d_nmsw`` sets
@@ -286,14 +341,15 @@ class NMSWNetwork(nn.Module):
     nnU-Net model's weights load into it.
 
     Args:
-        global_net: U-Net for the downsampled volume (wrapped by :class:`GlobalBranch`).
-        local_net: any module mapping ``(W, C_in, *window)`` to ``(W, classes, *window)``
-            logits, e.g. the plan's ``PlainConvUNet``; a deep-supervision list is accepted and
-            its first (full-resolution) entry used.
+        global_branch: ``(B, C_in, *global_shape)`` → ``(logits, features)`` (see :class:`GlobalBranch`).
+        scorer: ``(features, grid_shape)`` → ``(B, N)`` scores (see :class:`Scorer`).
+        local_net: ``(W, C_in, *window)`` → ``(W, classes, *window)`` logits (or a deep-supervision
+            list whose first entry is that).
+        aggregator: ``(local_logits, global_crop)`` → refined logits (see :class:`AggregationNet`).
         num_classes: number of output classes (background included).
         window_size: local window shape ``(x, y, z)`` (the plan's patch size).
         global_shape: spatial shape the full-resolution input is resized to for the global branch.
-        step: sliding-window step as a fraction of the window (nnU-Net's ``tile_step_size``).
+        step: candidate-grid step as a fraction of the window (nnU-Net's ``tile_step_size``).
         k_train: windows chosen by the top-k in training (reference: 4, plus 1 random).
         k_infer: default windows chosen at inference (reference: 5).
         tau: Gumbel-softmax temperature.
@@ -301,8 +357,10 @@ class NMSWNetwork(nn.Module):
 
     def __init__(
         self,
-        global_net: nn.Module,
+        global_branch: nn.Module,
+        scorer: nn.Module,
         local_net: nn.Module,
+        aggregator: nn.Module,
         num_classes: int,
         window_size: Sequence[int],
         global_shape: Sequence[int],
@@ -312,25 +370,11 @@ class NMSWNetwork(nn.Module):
         tau: float = DEFAULT_TAU,
     ):
         super().__init__()
-        if len(global_shape) != len(window_size) or len(window_size) not in _CONV:
-            raise ValueError(
-                f"window_size {tuple(window_size)} and global_shape {tuple(global_shape)} must both be "
-                f"1D, 2D or 3D shapes of the same length."
-            )
-        conv_op = _CONV[len(window_size)]
-        self.global_branch = GlobalBranch(global_net)
-        divisor = _total_stride(global_net.encoder, len(global_shape))
-        if divisor is not None and any(g % d for g, d in zip(global_shape, divisor, strict=True)):
-            # Otherwise the decoder's skip concatenation fails deep inside the forward pass.
-            raise ValueError(
-                f"global_shape {tuple(global_shape)} must be divisible by the global network's total "
-                f"stride {divisor} on every axis."
-            )
+        _conv_op(window_size, global_shape)
+        self.global_branch = global_branch
         self.local_net = local_net
-        for unet in (global_net, local_net):
-            _freeze_deep_supervision_heads(unet)
-        self.scorer = Scorer(self.global_branch.feature_channels, conv_op)
-        self.aggregator = AggregationNet(num_classes, conv_op)
+        self.scorer = scorer
+        self.aggregator = aggregator
         self.num_classes = int(num_classes)
         self.window_size = tuple(int(w) for w in window_size)
         self.global_shape = tuple(int(g) for g in global_shape)
@@ -401,13 +445,11 @@ class NMSWNetwork(nn.Module):
         """
         b = image_fullres.shape[0]
         spatial = tuple(image_fullres.shape[2:])
-        if image_lowres is None:
-            image_lowres = downsample_image(image_fullres, self.global_shape)
-        glob = self._global_pass(image_lowres, spatial)
-        sel = gumbel_topk(glob["masked_scores"], self.k_train, noise, self.tau)
-        starts = glob.pop("starts")
+        glob = self.global_pass(image_fullres, image_lowres)
+        sel = gumbel_topk(glob.masked_scores, self.k_train, noise, self.tau)
+        starts = glob.starts
         indices = sel.indices.tolist()
-        window_starts = [[starts[n] for n in row] for row in indices]
+        window_starts = glob.window_starts(sel.indices)
         random_starts = _per_sample_starts(random_window_start, b)
 
         crops, local_starts = [], []
@@ -419,12 +461,12 @@ class NMSWNetwork(nn.Module):
             if random_starts is not None:
                 crops.append(crop_window(image_fullres[i], random_starts[i], self.window_size))
                 local_starts[-1].append(tuple(int(s) for s in random_starts[i]))
-        local_logits = self._local(torch.stack(crops)).unflatten(0, (b, -1))
+        local_logits = self.local_pass(torch.stack(crops)).unflatten(0, (b, -1))
 
         k = sel.indices.shape[1]
-        logits = self._aggregate(glob["global_logits"], local_logits[:, :k], window_starts, spatial)
+        logits = self._aggregate(glob.global_logits, local_logits[:, :k], window_starts, spatial)
         return {
-            **glob,
+            **glob.outputs(),
             "logits": logits,
             "z": sel.z,
             "y": sel.y,
@@ -445,15 +487,15 @@ class NMSWNetwork(nn.Module):
     ) -> dict:
         """Inference: choose windows, run the local net one window at a time, merge.
 
-        Strategies (all on the same weights, so a comparison measures sampling only):
-        ``"nmsw"`` plain top-k of the masked scores (no noise, deterministic); ``"random_fg"``
-        k windows uniformly among foreground candidates (needs ``generator`` for
-        reproducibility); ``"all"`` every candidate (a sliding window with the learned merge).
+        :meth:`global_pass`, then :meth:`choose_windows` (``strategy``, all on the same weights, so
+        a comparison measures sampling only), then :meth:`local_pass` and the learned merge of
+        each window into the upsampled global logits.
 
         Args:
             image_fullres: ``(B, C_in, X, Y, Z)``; every axis at least the window.
-            k: number of windows (default ``k_infer``); ``k >= N`` takes all. Ignored by ``"all"``.
-            strategy: ``"nmsw"``, ``"random_fg"`` or ``"all"``.
+            k: number of windows (default ``k_infer``); ``k >= N`` takes all. Ignored by ``"all"``
+                and ``"global"``.
+            strategy: one of :data:`WINDOW_CHOICES` (see :meth:`choose_windows`).
             generator: generator for ``"random_fg"`` (any device).
 
         Returns:
@@ -462,21 +504,11 @@ class NMSWNetwork(nn.Module):
             and ``window_starts`` (per sample the K starts).
         """
         spatial = tuple(image_fullres.shape[2:])
-        glob = self._global_pass(downsample_image(image_fullres, self.global_shape), spatial)
-        starts = glob.pop("starts")
-        k = self.k_infer if k is None else int(k)
-        if strategy == "nmsw":
-            indices = topk_indices(glob["masked_scores"], k)
-        elif strategy == "random_fg":
-            indices = random_foreground_indices(glob["foreground"], k, generator)
-        elif strategy == "all":
-            n = len(starts)
-            indices = torch.arange(n, device=image_fullres.device).expand(image_fullres.shape[0], n)
-        else:
-            raise ValueError(f"strategy must be 'nmsw', 'random_fg' or 'all', got {strategy!r}.")
-        window_starts = [[starts[n] for n in row] for row in indices.tolist()]
+        glob = self.global_pass(image_fullres)
+        indices = self.choose_windows(glob, k, strategy, generator)
+        window_starts = glob.window_starts(indices)
 
-        global_logits = glob["global_logits"].float()
+        global_logits = glob.global_logits.float()
         global_up = _resize_linear(global_logits, spatial)
         importance = gaussian_importance_map(self.window_size, device=image_fullres.device)
         in_place = not torch.is_grad_enabled()
@@ -484,7 +516,7 @@ class NMSWNetwork(nn.Module):
         def refined(i: int) -> Iterator[tuple[tuple[int, ...], torch.Tensor]]:
             # One window at a time: memory stays that of one window, like nnU-Net's predictor.
             for start in window_starts[i]:
-                local = self._local(crop_window(image_fullres[i : i + 1], start, self.window_size))
+                local = self.local_pass(crop_window(image_fullres[i : i + 1], start, self.window_size))
                 if in_place:  # global_up is being overwritten: resize this window from the source
                     global_crop = resize_linear_window(global_logits[i : i + 1], spatial, start, self.window_size)
                 else:
@@ -497,29 +529,87 @@ class NMSWNetwork(nn.Module):
                 blend_windows_into(global_up[i], refined(i), importance)
         else:
             logits = torch.stack([blend_windows(global_up[i], refined(i), importance) for i in range(len(global_up))])
-        return {**glob, "logits": logits, "indices": indices, "window_starts": window_starts}
+        return {**glob.outputs(), "logits": logits, "indices": indices, "window_starts": window_starts}
 
     def forward_all_windows(self, image_fullres: torch.Tensor) -> dict:
         """Every candidate window with the learned merge: ``forward_infer(strategy="all")``."""
         return self.forward_infer(image_fullres, strategy="all")
 
-    # ------------------------------------------------------------------ baselines' helpers
-    def select_random_foreground(
-        self, global_logits: torch.Tensor, grid: Sequence[int], k: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Candidate indices for the ``random_fg`` baseline.
+    # ------------------------------------------------------------------ the three stages
+    def global_pass(self, image_fullres: torch.Tensor, image_lowres: torch.Tensor | None = None) -> GlobalPass:
+        """The global branch on the downsampled volume, the candidate scores and the foreground mask.
 
         Args:
-            global_logits: ``(B, classes, x, y, z)``.
-            grid: candidate-grid shape.
-            k: number of windows (background fills up when foreground runs out).
-            generator: generator for reproducible draws (any device).
+            image_fullres: ``(B, C_in, X, Y, Z)`` full-resolution volume (its shape sets the grid).
+            image_lowres: ``(B, C_in, *global_shape)``; computed by :func:`downsample_image` when ``None``.
 
         Returns:
-            Long ``(B, min(k, N))``.
+            The :class:`GlobalPass` (global logits, scores, masked scores, foreground, candidate grid).
         """
-        return random_foreground_indices(foreground_on_grid(global_logits, grid), k, generator)
+        spatial = tuple(image_fullres.shape[2:])
+        if image_lowres is None:
+            image_lowres = downsample_image(image_fullres, self.global_shape)
+        global_logits, features = self.global_branch(image_lowres)
+        starts, grid = self.grid(spatial)
+        scores = self.scorer(features, grid)
+        foreground = foreground_on_grid(global_logits, grid)
+        masked = scores + background_log_mask(foreground).to(scores.dtype)
+        return GlobalPass(global_logits, scores, masked, foreground, grid, starts, spatial)
 
+    def choose_windows(
+        self,
+        glob: GlobalPass,
+        k: int | None = None,
+        strategy: str = "nmsw",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Which candidate windows inference evaluates: the one place each choice is made.
+
+        ``"nmsw"``: plain top-k of the masked scores (no noise, deterministic); ``"random_fg"``:
+        k windows uniformly among foreground candidates (background fills up when foreground
+        runs out); ``"all"``: every candidate (a sliding window with the learned merge);
+        ``"global"``: none (the global branch alone). Training's differentiable choice is
+        :func:`~nnunet_efficient.sampling.topk.gumbel_topk` in :meth:`forward_train`.
+
+        Args:
+            glob: the :meth:`global_pass` of the volumes.
+            k: number of windows (default ``k_infer``); ``k >= N`` takes all.
+            strategy: one of :data:`WINDOW_CHOICES`.
+            generator: generator for ``"random_fg"`` (any device), for reproducible draws.
+
+        Returns:
+            Long ``(B, K)`` candidate indices (``K = 0`` for ``"global"``); starts via
+            :meth:`GlobalPass.window_starts`.
+
+        Raises:
+            ValueError: an unknown ``strategy``.
+        """
+        k = self.k_infer if k is None else int(k)
+        batch, device = glob.scores.shape[0], glob.scores.device
+        if strategy == "nmsw":
+            return topk_indices(glob.masked_scores, k)
+        if strategy == "random_fg":
+            return random_foreground_indices(glob.foreground, k, generator)
+        if strategy == "all":
+            n = len(glob.starts)
+            return torch.arange(n, device=device).expand(batch, n)
+        if strategy == "global":
+            return torch.zeros((batch, 0), dtype=torch.long, device=device)
+        raise ValueError(f"strategy must be one of {', '.join(map(repr, WINDOW_CHOICES))}, got {strategy!r}.")
+
+    def local_pass(self, windows: torch.Tensor) -> torch.Tensor:
+        """The local U-Net on a batch of windows.
+
+        Args:
+            windows: ``(W, C_in, *window_size)``.
+
+        Returns:
+            ``(W, classes, *window_size)`` logits (the full-resolution output of a deep-supervision list).
+        """
+        out = self.local_net(windows)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    # ------------------------------------------------------------------ baselines' helpers
     def zoom_boxes(self, global_logits: torch.Tensor, image_shape: Sequence[int]) -> list[list[ZoomBox]]:
         """Per-class boxes of the global prediction for the ``zoom`` baseline.
 
@@ -535,25 +625,6 @@ class NMSWNetwork(nn.Module):
         return [zoom_boxes(s, image_shape, self.window_size) for s in seg]
 
     # ------------------------------------------------------------------ internals
-    def _global_pass(self, image_lowres: torch.Tensor, spatial: tuple[int, ...]) -> dict:
-        global_logits, features = self.global_branch(image_lowres)
-        starts, grid = self.grid(spatial)
-        scores = self.scorer(features, grid)
-        foreground = foreground_on_grid(global_logits, grid)
-        masked = scores + background_log_mask(foreground).to(scores.dtype)
-        return {
-            "global_logits": global_logits,
-            "scores": scores,
-            "masked_scores": masked,
-            "foreground": foreground,
-            "grid_shape": grid,
-            "starts": starts,
-        }
-
-    def _local(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.local_net(x)
-        return out[0] if isinstance(out, (list, tuple)) else out
-
     def _aggregate(
         self,
         global_logits: torch.Tensor,
@@ -572,6 +643,51 @@ class NMSWNetwork(nn.Module):
         return torch.stack(
             [blend_windows(global_up[i], zip(window_starts[i], refined[i], strict=True), importance) for i in range(b)]
         )
+
+
+class NMSWNetwork(NMSWPipeline):
+    """Global branch + scorer + differentiable top-k + local branch + learned merge, in PyTorch.
+
+    Builds :class:`NMSWPipeline`'s parts from two U-Nets: the global one wrapped by
+    :class:`GlobalBranch`, a :class:`Scorer` on its features and an :class:`AggregationNet`.
+    ``local_net`` is a plain attribute: its ``state_dict`` keys are ``local_net.*``, so a stock
+    nnU-Net model's weights load into it.
+
+    Args:
+        global_net: U-Net for the downsampled volume (wrapped by :class:`GlobalBranch`).
+        local_net: any module mapping ``(W, C_in, *window)`` to ``(W, classes, *window)``
+            logits, e.g. the plan's ``PlainConvUNet``; a deep-supervision list is accepted and
+            its first (full-resolution) entry used.
+        num_classes, window_size, global_shape, step, k_train, k_infer, tau: the settings, as
+            :class:`NMSWPipeline` documents them.
+    """
+
+    def __init__(
+        self,
+        global_net: nn.Module,
+        local_net: nn.Module,
+        num_classes: int,
+        window_size: Sequence[int],
+        global_shape: Sequence[int],
+        step: float = 0.5,
+        k_train: int = 4,
+        k_infer: int = 5,
+        tau: float = DEFAULT_TAU,
+    ):
+        conv_op = _conv_op(window_size, global_shape)
+        global_branch = GlobalBranch(global_net)
+        divisor = _total_stride(global_net.encoder, len(global_shape))
+        if divisor is not None and any(g % d for g, d in zip(global_shape, divisor, strict=True)):
+            # Otherwise the decoder's skip concatenation fails deep inside the forward pass.
+            raise ValueError(
+                f"global_shape {tuple(global_shape)} must be divisible by the global network's total "
+                f"stride {divisor} on every axis."
+            )
+        for unet in (global_net, local_net):
+            _freeze_deep_supervision_heads(unet)
+        super().__init__(global_branch, Scorer(global_branch.feature_channels, conv_op), local_net,
+                         AggregationNet(num_classes, conv_op), num_classes, window_size, global_shape, step,
+                         k_train, k_infer, tau)
 
 
 def _per_sample_starts(

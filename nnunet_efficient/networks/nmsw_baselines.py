@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image
+from nnunet_efficient.networks.nmsw import NMSWPipeline, downsample_image
 from nnunet_efficient.sampling.windows import ZoomBox
 
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -23,17 +23,12 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode=_LINEAR_MODE[len(size)], align_corners=False)
 
 
-def _local_logits(net: NMSWNetwork, x: torch.Tensor) -> torch.Tensor:
-    out = net.local_net(x)
-    return out[0] if isinstance(out, (list, tuple)) else out
-
-
 @torch.no_grad()
-def global_only_infer(net: NMSWNetwork, image: torch.Tensor) -> dict:
+def global_only_infer(net: NMSWPipeline, image: torch.Tensor) -> dict:
     """The global branch alone: its logits resized (linear) to full resolution, no window.
 
     Args:
-        net: an NMSW network.
+        net: an NMSW network (PyTorch or onnxruntime).
         image: ``(B, C_in, X, Y, Z)``.
 
     Returns:
@@ -44,7 +39,7 @@ def global_only_infer(net: NMSWNetwork, image: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def zoom_infer(net: NMSWNetwork, image: torch.Tensor) -> dict:
+def zoom_infer(net: NMSWPipeline, image: torch.Tensor) -> dict:
     """Zoom-in baseline: one local pass per foreground class of the global prediction.
 
     For each class present in ``argmax(global logits)`` (increasing class order), its bounding
@@ -58,7 +53,7 @@ def zoom_infer(net: NMSWNetwork, image: torch.Tensor) -> dict:
     has none).
 
     Args:
-        net: an NMSW network.
+        net: an NMSW network (PyTorch or onnxruntime).
         image: ``(B, C_in, X, Y, Z)``; every axis at least the window.
 
     Returns:
@@ -72,7 +67,7 @@ def zoom_infer(net: NMSWNetwork, image: torch.Tensor) -> dict:
     for i, sample_boxes in enumerate(boxes):
         for box in sample_boxes:
             crop = _resize(image[i : i + 1][(..., *box.slices)], net.window_size)
-            zoomed = _resize(_local_logits(net, crop).float(), box.size)[0]
+            zoomed = _resize(net.local_pass(crop).float(), box.size)[0]
             region = out[i][(slice(None), *box.slices)]  # a view: writes land in ``out``
             take = (zoomed.argmax(0) == box.label) | (region.argmax(0) == box.label)
             region.copy_(torch.where(take, zoomed, region))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nnunet_efficient.common.files import atomic_write, atomic_write_json
 from nnunet_efficient.errors import InputFileError
 from nnunet_efficient.patch_performance.recommendation import NNUNET_DEFAULT_STEP, StepRecommendation
 from nnunet_efficient.patch_performance.tracking import PatchPerformanceMap
@@ -49,7 +50,7 @@ def save_patch_performance(folder: str, patch_map: PatchPerformanceMap, recommen
                         count=patch_map.count.numpy(), class_names=np.asarray(list(class_names)),
                         **{k: np.asarray(v) for k, v in source.items() if isinstance(v, (int, float))})
     payload = {**recommendation.to_dict(), "class_names": list(class_names), "source": source}
-    _write_atomically(paths["recommendation"], json.dumps(payload, indent=2, allow_nan=True).encode("utf-8"))
+    atomic_write_json(paths["recommendation"], payload, allow_nan=True)
     plot_patch_performance(patch_map, class_names, paths["plot"], recommendation)
     return paths
 
@@ -188,13 +189,5 @@ def plot_patch_performance(patch_map: PatchPerformanceMap, class_names: Sequence
         title += (f"\nborder band {'×'.join(map(str, recommendation.border_band))} voxels; "
                   f"recommended step {recommendation.step:g}")
     fig.suptitle(title, fontsize=10)
-    tmp = f"{path}.partial.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
-
-def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -13,7 +13,42 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunet_efficient.sampling.windows import window_grid_steps
+
 Slicer = tuple  # (slice(None), *spatial slices or ints), as nnU-Net builds them
+
+
+def sliding_window_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: float) -> list[Slicer]:
+    """nnU-Net's sliding-window grid as index tuples into a ``(C, *image_size)`` volume.
+
+    Same windows in the same order as ``nnUNetPredictor`` evaluates them (the grid of
+    :func:`~nnunet_efficient.sampling.windows.window_grid_steps`, last axis fastest). A 2D patch on
+    a 3D volume (nnU-Net's 2D configurations) runs the 2D grid on every slice of the first axis.
+
+    Args:
+        image_size: spatial shape of the (padded) volume, each axis at least the patch.
+        patch_size: window shape: as many axes as ``image_size``, or one fewer (2D on 3D).
+        step: target step as a fraction of the patch, in (0, 1].
+
+    Returns:
+        One ``(slice(None), [slice index,] *spatial slices)`` tuple per window.
+
+    Example:
+        >>> [s[1:] for s in sliding_window_slicers((4, 6), (4, 4), 0.5)]
+        [(slice(0, 4, None), slice(0, 4, None)), (slice(0, 4, None), slice(2, 6, None))]
+    """
+    image_size, patch_size = tuple(int(s) for s in image_size), tuple(int(p) for p in patch_size)
+    if len(patch_size) == len(image_size) - 1:
+        planes, image_size = range(image_size[0]), image_size[1:]
+    elif len(patch_size) == len(image_size):
+        planes = None
+    else:
+        raise ValueError(f"patch {patch_size} must have as many axes as the image {image_size}, or one fewer")
+    grid = [tuple(slice(s, s + p) for s, p in zip(starts, patch_size))
+            for starts in itertools.product(*window_grid_steps(image_size, patch_size, step))]
+    if planes is None:
+        return [(slice(None), *window) for window in grid]
+    return [(slice(None), d, *window) for d in planes for window in grid]
 
 
 @dataclass

@@ -17,34 +17,25 @@ Exported to nnU-Net's trainer lookup by ``nnunet_efficient/trainers/distill_dsm_
 from __future__ import annotations
 
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_efficient.networks.distill_dsm import DistillDSMUNet
-from nnunet_efficient.training.uxnet import build_plans_network, check_plans_network
+from nnunet_efficient.training.plans_network import PlansNetworkTrainer
+from nnunet_efficient.training.uxnet import check_plans_network
 
 
-class nnUNetTrainerDistillDSM(nnUNetTrainer):
+class nnUNetTrainerDistillDSM(PlansNetworkTrainer):
     """Distill-DSM (2D U-Net per slice + depth shift modules) from ``nnUNetPlansDistillDSM(CPU)`` plans."""
 
     architecture: type[nn.Module] = DistillDSMUNet
     planner_hint: str = "nnUNetPlannerDistillDSMCPU"
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        # before nnU-Net's constructor creates the output folder and its log file
-        manager = PlansManager(plans).get_configuration(configuration)
-        check_plans_network(self.architecture, self.planner_hint, manager, configuration)
+    @classmethod
+    def check_plans(cls, configuration_manager: ConfigurationManager, configuration_name: str = "") -> str:
+        name = check_plans_network(cls.architecture, cls.planner_hint, configuration_manager, configuration_name)
         # the constructor validates the plans' kwargs (depth stride, alpha, widths); on the meta
         # device that costs no memory and no initialisation
         with torch.device("meta"):
-            self.architecture(input_channels=1, num_classes=2, **manager.network_arch_init_kwargs)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-
-    @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels, num_output_channels,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_plans_network(cls.architecture, cls.planner_hint, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision)
+            cls.architecture(input_channels=1, num_classes=2, **configuration_manager.network_arch_init_kwargs)
+        return name

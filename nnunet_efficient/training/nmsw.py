@@ -46,8 +46,9 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import autocast, nn
 
+from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError
-from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, downsample_label, unwrap_network
+from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, downsample_label
 from nnunet_efficient.networks.nmsw_baselines import global_only_infer
 from nnunet_efficient.networks.nmsw_plans import nmsw_settings
 from nnunet_efficient.networks.nmsw_training import draw_training_randomness, nmsw_loss

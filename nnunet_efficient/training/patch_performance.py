@@ -27,9 +27,9 @@ from nnunet_efficient.inference.patch_performance import (
     tile_cases,
 )
 from nnunet_efficient.patch_performance.tracking import PatchErrorTracker, PatchPerformanceLoss
+from nnunet_efficient.training.derived import derived_trainer, find_base_trainer
 
 SUFFIX = "_PatchPerformance"
-_CACHE: dict[str, type] = {}
 
 
 class PatchPerformanceMixin:
@@ -88,11 +88,13 @@ def with_patch_performance(base: type) -> type:
         EfficientError: ``base`` is an NMSW trainer (no sliding window to tune).
     """
     name = base.__name__ + SUFFIX
-    if name not in _CACHE:
+
+    def make() -> type:
         _refuse_unsupported(base)
-        _CACHE[name] = type(name, (PatchPerformanceMixin, base), {
+        return type(name, (PatchPerformanceMixin, base), {
             "__module__": __name__, "__doc__": f"{base.__name__} plus the end-of-training patch-performance map."})
-    return _CACHE[name]
+
+    return derived_trainer(name, make)
 
 
 def patch_performance_variant(name: str) -> type:
@@ -105,17 +107,14 @@ def patch_performance_variant(name: str) -> type:
     """
     if not name.endswith(SUFFIX) or name == SUFFIX:
         raise AttributeError(name)
-    if name in _CACHE:
-        return _CACHE[name]
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    try:
-        base = recursive_find_trainer_class_by_name(name[:-len(SUFFIX)])
-    except (RuntimeError, AssertionError):
-        raise AttributeError(name) from None
-    if issubclass(base, PatchPerformanceMixin):
-        raise AttributeError(name)
-    return with_patch_performance(base)
+    def make() -> type:
+        base = find_base_trainer(name, name[:-len(SUFFIX)])
+        if issubclass(base, PatchPerformanceMixin):
+            raise AttributeError(name)
+        return with_patch_performance(base)
+
+    return derived_trainer(name, make)
 
 
 class nnUNetTrainerPatchPerformance(PatchPerformanceMixin, nnUNetTrainer):

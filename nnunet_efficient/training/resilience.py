@@ -236,7 +236,7 @@ def load_checkpoint_file(path: str) -> dict:
     except FileNotFoundError:
         raise InputFileError(path, "checkpoint missing") from None
     except Exception as error:  # noqa: BLE001 - unpickling raises anything
-        from nnunet_efficient.inference.export import one_line
+        from nnunet_efficient.common.messages import one_line
 
         folder, name = os.path.split(path)
         order = ["checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"]

@@ -34,9 +34,10 @@ import re
 import shutil
 from typing import NamedTuple
 
+from nnunet_efficient.training.derived import derived_trainer, find_base_trainer
+
 _SUFFIX = re.compile(r"(?P<base>.+?)_(?P<epochs>\d+)epochs?(?:_(?P<iters>\d+)iters)?"
                      r"(?:_seed(?P<seed>0|[1-9]\d*))?(?:_keep(?P<keep>[1-9]\d*(?:-[1-9]\d*)*))?")
-_CACHE: dict[str, type] = {}
 
 #: nnU-Net's ratio of validation to training iterations (50 / 250).
 VALIDATION_FRACTION = 0.2
@@ -110,8 +111,6 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None, seed: 
     """
     keep_epochs = tuple(keep_epochs)
     name = schedule_name(base.__name__, epochs, iterations, seed, keep_epochs)
-    if name in _CACHE:
-        return _CACHE[name]
     if parse_schedule_name(name) != ScheduleName(base.__name__, epochs, iterations, seed, keep_epochs):
         raise ValueError(f"invalid schedule {name}: keep epochs must increase and lie before epoch {epochs}")
     from nnunet_efficient.training.resilience import resilient
@@ -136,9 +135,7 @@ def with_schedule(base: type, epochs: int, iterations: int | None = None, seed: 
                             + (f" of {iterations} iterations." if iterations else ".")}
     if keep_epochs:
         namespace.update(_snapshot_hooks(base, keep_epochs))
-    cls = type(name, (base,), namespace)
-    _CACHE[name] = cls
-    return cls
+    return derived_trainer(name, lambda: type(name, (base,), namespace))
 
 
 def _snapshot_hooks(base: type, keep_epochs: tuple[int, ...]) -> dict:
@@ -182,15 +179,8 @@ def schedule_variant(name: str) -> type:
     parsed = parse_schedule_name(name)
     if parsed is None:
         raise AttributeError(name)
-    if name in _CACHE:
-        return _CACHE[name]
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
     try:
-        base = recursive_find_trainer_class_by_name(parsed.base)
-    except (RuntimeError, AssertionError):
-        raise AttributeError(name) from None
-    try:
-        return with_schedule(base, parsed.epochs, parsed.iterations, parsed.seed, parsed.keep_epochs)
+        return derived_trainer(name, lambda: with_schedule(find_base_trainer(name, parsed.base), parsed.epochs,
+                                                           parsed.iterations, parsed.seed, parsed.keep_epochs))
     except ValueError:  # a name that is not canonical (e.g. "1epoch" with keep epochs)
         raise AttributeError(name) from None

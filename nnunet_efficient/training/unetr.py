@@ -32,15 +32,15 @@ import inspect
 import pydoc
 
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
+from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.networks.unetr import UNETR, TokenSparseUNETR, check_unetr_settings
 from nnunet_efficient.planners.unetr_planner import TOKEN_SPARSE_CONFIGURATIONS
 from nnunet_efficient.training.lr_schedules import WarmupCosineLRScheduler
+from nnunet_efficient.training.plans_network import PlansNetworkTrainer
 
 #: The reference's learning rate per 256 samples of batch (scaled linearly).
 REFERENCE_LR_PER_256 = 1.72e-2
@@ -79,16 +79,6 @@ def check_unetr_plans(expected: type[nn.Module], configuration_manager: Configur
     return name
 
 
-def build_unetr(expected: type[nn.Module], configuration_manager: ConfigurationManager, num_input_channels: int,
-                num_output_channels: int, enable_deep_supervision: bool) -> nn.Module:
-    """The configuration's network, built as nnU-Net builds it, after :func:`check_unetr_plans`."""
-    name = check_unetr_plans(expected, configuration_manager)
-    return get_network_from_plans(name, configuration_manager.network_arch_init_kwargs,
-                                  configuration_manager.network_arch_init_kwargs_req_import,
-                                  num_input_channels, num_output_channels, allow_init=True,
-                                  deep_supervision=enable_deep_supervision)
-
-
 def vit_parameter_groups(network: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
     """AdamW parameter groups of a UNETR: no decay on 1-D parameters and tokens, optional layer-wise rate decay.
 
@@ -118,7 +108,7 @@ def vit_parameter_groups(network: nn.Module, weight_decay: float, layer_decay: f
             for (decay, scale), params in sorted(groups.items(), key=lambda item: (-item[0][1], item[0][0]))]
 
 
-class nnUNetTrainerUNETR(nnUNetTrainer):
+class nnUNetTrainerUNETR(PlansNetworkTrainer):
     """Dense UNETR (ViT, token assembly, token-map decoder) from ``nnUNetPlansUNETR(CPU)`` ``3d_fullres``."""
 
     architecture: type[nn.Module] = UNETR
@@ -128,23 +118,16 @@ class nnUNetTrainerUNETR(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        # before nnU-Net's constructor creates the output folder and its log file
-        check_unetr_plans(self.architecture, PlansManager(plans).get_configuration(configuration), configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = REFERENCE_LR_PER_256 * self.configuration_manager.batch_size / 256
         self.weight_decay = 0.05
 
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels, num_output_channels,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_unetr(cls.architecture, configuration_manager, num_input_channels, num_output_channels,
-                           enable_deep_supervision)
+    def check_plans(cls, configuration_manager: ConfigurationManager, configuration_name: str = "") -> str:
+        return check_unetr_plans(cls.architecture, configuration_manager, configuration_name)
 
     def configure_optimizers(self):
-        network = self.network.module if self.is_ddp else self.network
-        network = getattr(network, "_orig_mod", network)  # torch.compile wrapper
-        groups = vit_parameter_groups(network, self.weight_decay, self.layer_decay)
+        groups = vit_parameter_groups(unwrap_network(self.network), self.weight_decay, self.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, betas=self.betas)
         warmup_epochs = max(1, round(self.warmup_fraction * self.num_epochs))
         return optimizer, WarmupCosineLRScheduler(optimizer, self.initial_lr, warmup_epochs, self.num_epochs)

@@ -25,14 +25,13 @@ import pydoc
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.networks.uxnet import RepUXNet, UXNet
 from nnunet_efficient.training.lr_schedules import WarmupCosineLRScheduler
+from nnunet_efficient.training.plans_network import PlansNetworkTrainer
 
 
 def check_plans_network(expected: type[nn.Module], planner_hint: str,
@@ -60,18 +59,7 @@ def check_plans_network(expected: type[nn.Module], planner_hint: str,
     return name
 
 
-def build_plans_network(expected: type[nn.Module], planner_hint: str, configuration_manager: ConfigurationManager,
-                        num_input_channels: int, num_output_channels: int,
-                        enable_deep_supervision: bool) -> nn.Module:
-    """The configuration's network, built as nnU-Net builds it, after :func:`check_plans_network`."""
-    name = check_plans_network(expected, planner_hint, configuration_manager)
-    return get_network_from_plans(name, configuration_manager.network_arch_init_kwargs,
-                                  configuration_manager.network_arch_init_kwargs_req_import,
-                                  num_input_channels, num_output_channels, allow_init=True,
-                                  deep_supervision=enable_deep_supervision)
-
-
-class nnUNetTrainerUXNet(nnUNetTrainer):
+class nnUNetTrainerUXNet(PlansNetworkTrainer):
     """3D UX-Net (depthwise 7³ blocks) from ``nnUNetPlansUXNet``/``nnUNetPlansUXNetCPU`` plans."""
 
     warmup_fraction: float = 0.1
@@ -81,21 +69,13 @@ class nnUNetTrainerUXNet(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        # before nnU-Net's constructor creates the output folder and its log file
-        check_plans_network(self.architecture, self.planner_hint,
-                            PlansManager(plans).get_configuration(configuration), configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.learning_rate
         self.weight_decay = 1e-5
 
-    # a classmethod where nnU-Net has a staticmethod: called the same way (also by the predictor), and the
-    # RepUX-Net trainer only changes the class attributes
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels, num_output_channels,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_plans_network(cls.architecture, cls.planner_hint, configuration_manager, num_input_channels,
-                                   num_output_channels, enable_deep_supervision)
+    def check_plans(cls, configuration_manager: ConfigurationManager, configuration_name: str = "") -> str:
+        return check_plans_network(cls.architecture, cls.planner_hint, configuration_manager, configuration_name)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)

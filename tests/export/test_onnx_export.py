@@ -24,6 +24,7 @@ from nnunet_efficient.export import ARCHITECTURES as REGISTRY
 from nnunet_efficient.export import architecture_of, export_model_folder, register_architecture
 from nnunet_efficient.export.onnx import DEFAULT_TOLERANCE
 from nnunet_efficient.networks.nmsw import NMSWNetwork
+from nnunet_efficient.patch_performance.files import RECOMMENDATION_FILE, resolve_auto_step
 
 
 def hippocampus_image() -> str:
@@ -47,6 +48,8 @@ def run_onnx(path, *inputs: torch.Tensor) -> np.ndarray:
 def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     folder, networks = write_architecture_model(root, request.param)
+    # a patch-performance recommendation, as `nnunet-efficient patch_performance` leaves it in the fold
+    (folder / "fold_0" / RECOMMENDATION_FILE).write_text(json.dumps({"step": 0.3, "reason": "test"}))
     report = export_model_folder(str(folder), [0], str(root / "onnx"), check_images=[hippocampus_image()],
                                  log=lambda line: None)
     return request.param, folder, networks["0"], report
@@ -104,6 +107,11 @@ def test_plans_dataset_and_metadata_are_written_beside_the_onnx(exported):
     assert all(c["passed"] for c in metadata["checks"])
     if name == "NMSW":
         assert metadata["nmsw"]["window_size"] == [16, 16, 16] and metadata["nmsw"]["k_infer"] == 5
+
+
+def test_step_size_auto_reads_the_same_recommendation_from_the_export(exported):
+    _, folder, _, report = exported
+    assert resolve_auto_step(report.output_folder, ["0"])[0] == resolve_auto_step(str(folder), [0])[0] == 0.3
 
 
 @pytest.mark.parametrize("exported", ["RepUXNet"], indirect=True)

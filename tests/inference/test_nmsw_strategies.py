@@ -250,3 +250,48 @@ def test_cli_rejects_k_below_one_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--k must be at least 1" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("strategy, used", [("nmsw", 0.5), ("random_fg", 0.5), ("zoom", None), ("global", None),
+                                            ("sliding_window", 0.25)])
+def test_each_strategy_reports_the_step_it_evaluates(model, strategy, used):
+    predictor = predictor_for(model, strategy, tile_step_size=0.25)
+    assert predictor.step_used() == used
+
+
+@pytest.mark.parametrize("strategy, message", [
+    ("nmsw", "-step_size 0.25 does not apply to strategy 'nmsw': it chooses among the model's candidate windows, "
+             "nnU-Net's grid at step 0.5"),
+    ("zoom", "-step_size 0.25 does not apply to strategy 'zoom': it evaluates no sliding-window grid"),
+])
+def test_a_step_an_nmsw_strategy_would_ignore_is_refused(model, strategy, message):
+    predictor = predictor_for(model, strategy, tile_step_size=0.25)
+    with pytest.raises(EfficientError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        predictor.check_step_used(0.25)
+    predictor_for(model, "nmsw", tile_step_size=0.5).check_step_used(0.5)  # the model's own step is accepted
+
+
+def test_strategies_see_a_context_and_leave_the_predictor_alone(model):
+    predictor = predictor_for(model, "nmsw", k=2)
+    before = dict(vars(predictor))
+    predictor.predict_sliding_window_return_logits(volume())
+    changed = {k for k, v in vars(predictor).items() if before.get(k, object()) is not v}
+    assert changed <= {"last_run", "last_network_seconds", "network"}  # what the predictor itself records
+    context = predictor.strategy_context()
+    assert (context.step, context.batch_size, context.mirror_axes) == (0.5, 1, None)
+
+
+def test_cli_refuses_a_step_size_nmsw_would_ignore_in_one_line(tmp_path, capsys):
+    from conftest import write_model_folder
+
+    model = write_model_folder(tmp_path / "model", nmsw_plans(), dataset_json(1, LABELS),
+                               trainer_name="nnUNetTrainerNMSW", configuration="3d_nmsw",
+                               trainer_class=nnUNetTrainerNMSW)
+    images = tmp_path / "images"
+    images.mkdir()
+    code = main(["predict", "-i", str(images), "-o", str(tmp_path / "out"), "-m", str(model), "-f", "0",
+                 "--strategy", "nmsw", "-step_size", "0.25", "-device", "cpu", "--disable_progress_bar"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-step_size 0.25 does not apply to strategy 'nmsw'" in err[0], err
+    assert not (tmp_path / "out").exists()

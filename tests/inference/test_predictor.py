@@ -103,3 +103,33 @@ def test_plugin_trainer_models_load_without_setting_nnunet_exttrainer(tmp_path, 
     predictor = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), (0,))
     assert predictor.trainer_name == "nnUNetTrainer_2epochs_3iters"
+
+
+def test_a_broken_plugin_trainer_module_shows_its_own_error(tmp_path, monkeypatch):
+    """A bug inside an nnUNet_extTrainer module is not reported as an unknown trainer (issue 23)."""
+    from conftest import write_model_folder
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "my_trainers.py").write_text("import a_module_that_is_not_installed\n")
+    monkeypatch.setenv("nnUNet_extTrainer", str(plugins))
+    plans, dataset = tiny_plans((16, 16, 16), 1, features=(2, 4)), dataset_json(1, {"background": 0, "a": 1})
+    model = write_model_folder(tmp_path / "model", plans, dataset, trainer_name="MyPluginTrainer")
+    predictor = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    with pytest.raises(ModuleNotFoundError, match="a_module_that_is_not_installed"):
+        predictor.initialize_from_trained_model_folder(str(model), (0,))
+
+
+def test_a_trainer_no_module_defines_is_one_line_naming_the_checkpoint(tmp_path, monkeypatch):
+    from conftest import write_model_folder
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "my_trainers.py").write_text("X = 1\n")
+    monkeypatch.setenv("nnUNet_extTrainer", str(plugins))
+    plans, dataset = tiny_plans((16, 16, 16), 1, features=(2, 4)), dataset_json(1, {"background": 0, "a": 1})
+    model = write_model_folder(tmp_path / "model", plans, dataset, trainer_name="MyPluginTrainer")
+    predictor = EfficientPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    with pytest.raises(EfficientError, match="checkpoint_final.pth: was trained with trainer 'MyPluginTrainer', "
+                                             "which neither nnU-Net nor nnunet-efficient defines"):
+        predictor.initialize_from_trained_model_folder(str(model), (0,))

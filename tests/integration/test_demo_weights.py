@@ -60,7 +60,7 @@ def test_model_folder_holds_only_what_prediction_needs(model):
 def test_stock_nnunet_predictor_loads_the_weights(model, tmp_path, monkeypatch):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_efficient.trainers import ext_trainer_value
+    from nnunet_efficient.common.plugin_env import ext_trainer_value
 
     # the checkpoint names a plugin schedule: nnU-Net finds it through nnUNet_extTrainer (`nnunet-efficient env`)
     monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_value(os.environ.get("nnUNet_extTrainer")))

@@ -1,14 +1,11 @@
 """Tests for Distill-DSM: the depth shift on hand-made tensors, parameter counts by hand, free depth, shapes."""
 
-import ast
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 from nnunet_efficient.errors import EfficientError
-from nnunet_efficient.networks import distill_dsm
 from nnunet_efficient.networks.distill_dsm import (
     DepthShiftModule,
     DistillDSMUNet,
@@ -38,30 +35,6 @@ def slice_stack(depth, channels, batch=1):
     """``(batch·depth, channels, 1, 1)`` whose value is ``1000·volume + 100·(slice+1) + channel``."""
     values = [[1000 * b + 100 * (t + 1) + c for c in range(channels)] for b in range(batch) for t in range(depth)]
     return torch.tensor(values, dtype=torch.float32)[:, :, None, None]
-
-
-# ---------------------------------------------------------------- purity
-
-
-def _imported_modules(path):
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module
-
-
-def test_module_does_not_import_nnunetv2():
-    root = Path(distill_dsm.__file__).resolve().parents[2]
-    pending, seen = ["nnunet_efficient.networks.distill_dsm"], set()
-    while pending:
-        name = pending.pop()
-        seen.add(name)
-        path = root / (name.replace(".", "/") + ".py")
-        for imported in _imported_modules(path if path.exists() else path.with_suffix("") / "__init__.py"):
-            assert imported.split(".")[0] != "nnunetv2", f"{name} imports {imported}"
-            if imported.startswith("nnunet_efficient") and imported not in seen:
-                pending.append(imported)
 
 
 # ---------------------------------------------------------------- the shift

@@ -1,9 +1,7 @@
 """Tests for 3D UX-Net / RepUX-Net: Bayesian prior, folding, checkpoints, topology and shapes."""
 
-import ast
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -41,33 +39,6 @@ def relative_error(a, b):
 
 def bfm_convs(net):
     return [m for m in net.modules() if isinstance(m, BFMDepthwiseConv3d)]
-
-
-# ---------------------------------------------------------------- purity
-
-
-def _imported_modules(path):
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module
-
-
-def test_module_does_not_import_nnunetv2():
-    # Statically, following the plugin's own imports: importing in a subprocess costs seconds of torch import.
-    root = Path(uxnet.__file__).resolve().parents[2]
-    pending, seen = ["nnunet_efficient.networks.uxnet"], set()
-    while pending:
-        name = pending.pop()
-        seen.add(name)
-        path = root / (name.replace(".", "/") + ".py")
-        for imported in _imported_modules(path if path.exists() else path.with_suffix("") / "__init__.py"):
-            assert imported.split(".")[0] != "nnunetv2", f"{name} imports {imported}"
-            if imported.startswith("nnunet_efficient") and imported not in seen:
-                pending.append(imported)
-    assert "nnunet_efficient.errors" in seen
 
 
 # ---------------------------------------------------------------- Bayesian frequency prior

@@ -9,6 +9,7 @@ from nnunet_efficient.sampling.sliding_window import (
     mirror_axes_combinations,
     predict_mirrored,
     sliding_window_logits,
+    sliding_window_slicers,
 )
 
 
@@ -115,3 +116,22 @@ def test_refining_in_place_replaces_only_the_covered_voxels():
     assert torch.equal(refined[:, covered], alone[:, covered])
     assert (refined[:, ~covered] == 7.0).all() and (~covered).any()
 
+
+
+@pytest.mark.parametrize("patch, image", [((16, 16, 16), (16, 40, 33)), ((20, 20, 20), (57, 20, 101)),
+                                          ((8, 12), (5, 8, 30)), ((64, 64), (1, 64, 64))],
+                         ids=["3d", "3d_uneven", "2d_on_3d", "2d_single_slice"])
+@pytest.mark.parametrize("step", [0.25, 0.33, 0.5, 1.0])
+def test_slicers_are_the_windows_nnunet_visits_in_its_order(patch, image, step):
+    from types import SimpleNamespace
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    nnunet = nnUNetPredictor(device=torch.device("cpu"))
+    nnunet.configuration_manager, nnunet.tile_step_size = SimpleNamespace(patch_size=list(patch)), step
+    assert sliding_window_slicers(image, patch, step) == nnunet._internal_get_sliding_window_slicers(image)
+
+
+def test_slicers_of_two_windows_side_by_side():
+    assert [s[1:] for s in sliding_window_slicers((4, 8), (4, 4), 1.0)] == [(slice(0, 4), slice(0, 4)),
+                                                                            (slice(0, 4), slice(4, 8))]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from nnunet_efficient.trainers import ext_trainer_folder, ext_trainer_value
+from nnunet_efficient.common.plugin_env import ext_trainer_folder, ext_trainer_value
 from nnunet_efficient.training.schedules import parse_schedule_name, with_schedule
 
 

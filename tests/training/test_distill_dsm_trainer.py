@@ -35,14 +35,6 @@ def dsm_plans(patch=(6, 32, 32), strides=((1, 1, 1), (1, 2, 2), (1, 2, 2)), dept
     return plans
 
 
-@pytest.fixture
-def results(tmp_path, monkeypatch):
-    """nnU-Net's results folder, empty: the checks must fail before the trainer creates anything in it."""
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))  # nnU-Net 2.8 reads its paths when used
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
-    return tmp_path
-
-
 # ---------------------------------------------------------------- planner
 
 
@@ -97,24 +89,24 @@ def test_memory_estimate_is_the_networks():
     (dsm_plans(strides=((1, 1, 1), (2, 2, 2), (1, 2, 2))), "pool along the depth axis 0"),
     (dsm_plans(alpha=0.25), "alpha=0.25 of 8 channels leaves 2"),
 ], ids=["plain-plans", "patch-not-divisible", "depth-pooled", "alpha-too-small"])
-def test_wrong_plans_fail_in_one_line_before_anything_is_written(results, plans, message):
+def test_wrong_plans_fail_in_one_line_before_anything_is_written(empty_results, plans, message):
     with pytest.raises(EfficientError, match=message) as error:
         nnUNetTrainerDistillDSM(plans, "3d_fullres", 0, DATASET, device=torch.device("cpu"))
     assert "\n" not in str(error.value)
-    assert list(results.iterdir()) == []
+    assert list(empty_results.iterdir()) == []
 
 
-def test_2d_configuration_is_refused_in_one_line(results):
+def test_2d_configuration_is_refused_in_one_line(empty_results):
     plans = dsm_plans()
     two_d = copy.deepcopy(plans["configurations"]["3d_fullres"])
     two_d["patch_size"] = [32, 32]
     plans["configurations"]["2d"] = two_d
     with pytest.raises(EfficientError, match="3D only"):
         nnUNetTrainerDistillDSM(plans, "2d", 0, DATASET, device=torch.device("cpu"))
-    assert list(results.iterdir()) == []
+    assert list(empty_results.iterdir()) == []
 
 
-def test_trainer_builds_the_plans_network_with_deep_supervision_at_nnunets_scales(results):
+def test_trainer_builds_the_plans_network_with_deep_supervision_at_nnunets_scales(empty_results):
     trainer = nnUNetTrainerDistillDSM(dsm_plans(), "3d_fullres", 0, DATASET, device=torch.device("cpu"))
     network = nnUNetTrainerDistillDSM.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
                                                                  1, 3, True)

@@ -20,8 +20,8 @@ import torch
 from conftest import SAMPLE
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_efficient.common.plugin_env import ext_trainer_folder
 from nnunet_efficient.networks.nmsw_plans import nmsw_settings
-from nnunet_efficient.trainers import ext_trainer_folder
 
 TRAINER = "nnUNetTrainerNMSW_1epochs_2iters"
 PLANS = "nnUNetPlansNMSWCPU"

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import dataset_json, tiny_plans
 
+from nnunet_efficient.common.plugin_env import ext_trainer_folder
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.patch_performance.tracking import PatchErrorTracker, PatchPerformanceLoss, accumulate_tiles
-from nnunet_efficient.trainers import ext_trainer_folder
 from nnunet_efficient.training.patch_performance import PatchPerformanceMixin, with_patch_performance
 
 

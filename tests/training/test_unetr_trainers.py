@@ -9,11 +9,11 @@ import torch
 from conftest import dataset_json, tiny_plans
 
 from nnunet_efficient.benchmark.compare import Comparison, Entry
+from nnunet_efficient.common.plugin_env import register_plugin_trainers
 from nnunet_efficient.errors import EfficientError
 from nnunet_efficient.networks.unetr import UNETR, TokenSparseUNETR
 from nnunet_efficient.planners import planner_for_plans, resolve_planner
 from nnunet_efficient.planners.unetr_planner import nnUNetPlannerUNETR, nnUNetPlannerUNETRCPU
-from nnunet_efficient.trainers import register_plugin_trainers
 from nnunet_efficient.training.unetr import (
     nnUNetTrainerTokenSparseUNETR,
     nnUNetTrainerUNETR,
@@ -39,14 +39,6 @@ def unetr_plans(cls=UNETR, patch=PATCH, **kwargs) -> dict:
     return plans
 
 
-@pytest.fixture
-def results(tmp_path, monkeypatch):
-    """nnU-Net's results folder, empty: the checks must fail before the trainer creates anything in it."""
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
-    return tmp_path
-
-
 @pytest.mark.parametrize("trainer, plans, message", [
     (nnUNetTrainerUNETR, {**tiny_plans(PATCH, 1), "continue_training": False}, "builds dynamic_network_architectures"),
     (nnUNetTrainerUNETR, unetr_plans(TokenSparseUNETR), "not UNETR: .* train its configuration 3d_fullres"),
@@ -59,26 +51,26 @@ def results(tmp_path, monkeypatch):
     (nnUNetTrainerUNETR, unetr_plans(keep_ratio=0.5), "do not fit UNETR"),
 ], ids=["plain-plans", "sparse-plans-for-dense", "dense-plans-for-sparse", "patch-vs-token", "patch-vs-decoder",
         "prunes-everything", "ratio-above-1", "ratio-0", "unknown-kwarg"])
-def test_bad_plans_fail_in_one_line_before_anything_is_written(results, trainer, plans, message):
+def test_bad_plans_fail_in_one_line_before_anything_is_written(empty_results, trainer, plans, message):
     with pytest.raises(EfficientError, match=message) as error:
         trainer(plans, "3d_fullres", 0, DATASET, device=torch.device("cpu"))
     assert "\n" not in str(error.value)
-    assert list(results.iterdir()) == []
+    assert list(empty_results.iterdir()) == []
 
 
-def test_2d_configuration_is_refused_in_one_line(results):
+def test_2d_configuration_is_refused_in_one_line(empty_results):
     plans = unetr_plans()
     two_d = copy.deepcopy(plans["configurations"]["3d_fullres"])
     two_d["patch_size"] = [32, 32]
     plans["configurations"]["2d"] = two_d
     with pytest.raises(EfficientError, match="3D only"):
         nnUNetTrainerUNETR(plans, "2d", 0, DATASET, device=torch.device("cpu"))
-    assert list(results.iterdir()) == []
+    assert list(empty_results.iterdir()) == []
 
 
 @pytest.mark.parametrize("trainer, cls", [(nnUNetTrainerUNETR, UNETR),
                                           (nnUNetTrainerTokenSparseUNETR, TokenSparseUNETR)])
-def test_trainer_builds_the_plans_network_and_scaled_adamw(results, trainer, cls):
+def test_trainer_builds_the_plans_network_and_scaled_adamw(empty_results, trainer, cls):
     t = trainer(unetr_plans(cls), "3d_fullres", 0, DATASET, device=torch.device("cpu"))
     assert t.initial_lr == pytest.approx(1.72e-2 * 2 / 256)  # the reference's rate per 256, batch 2
     t.num_epochs = 200

@@ -29,14 +29,6 @@ def uxnet_plans(cls=UXNet, patch=(16, 32, 32), strides=((1, 1, 1), (2, 2, 2), (2
     return plans
 
 
-@pytest.fixture
-def results(tmp_path, monkeypatch):
-    """nnU-Net's results folder, empty: the checks must fail before the trainer creates anything in it."""
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))  # nnU-Net 2.8 reads its paths when used
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
-    return tmp_path
-
-
 def test_warmup_cosine_by_hand():
     assert [round(warmup_cosine_lr(e, 1e-3, 2, 6), 6) for e in range(6)] == \
         [5e-4, 1e-3, 1e-3, 0.000854, 5e-4, 0.000146]
@@ -52,26 +44,26 @@ def test_warmup_cosine_by_hand():
     (nnUNetTrainerRepUXNet, uxnet_plans(UXNet), "not RepUXNet"),
     (nnUNetTrainerUXNet, uxnet_plans(patch=(18, 32, 32)), "not a multiple of the network's total downsampling"),
 ], ids=["plain-plans", "uxnet-plans-for-repux", "patch-not-divisible"])
-def test_wrong_plans_fail_in_one_line_before_anything_is_written(results, trainer, plans, message):
+def test_wrong_plans_fail_in_one_line_before_anything_is_written(empty_results, trainer, plans, message):
     with pytest.raises(EfficientError, match=message) as error:
         trainer(plans, "3d_fullres", 0, DATASET, device=torch.device("cpu"))
     assert "\n" not in str(error.value)
-    assert list(results.iterdir()) == []
+    assert list(empty_results.iterdir()) == []
 
 
-def test_2d_configuration_is_refused_in_one_line(results):
+def test_2d_configuration_is_refused_in_one_line(empty_results):
     plans = uxnet_plans()
     two_d = copy.deepcopy(plans["configurations"]["3d_fullres"])
     two_d["patch_size"] = [32, 32]
     plans["configurations"]["2d"] = two_d
     with pytest.raises(EfficientError, match="3D only"):
         nnUNetTrainerUXNet(plans, "2d", 0, DATASET, device=torch.device("cpu"))
-    assert list(results.iterdir()) == []
+    assert list(empty_results.iterdir()) == []
 
 
 @pytest.mark.parametrize("trainer, cls, lr", [(nnUNetTrainerUXNet, UXNet, 1e-3),
                                               (nnUNetTrainerRepUXNet, RepUXNet, 1e-4)])  # RepUX-Net: its reference's
-def test_trainer_builds_the_plans_network_and_adamw_with_warmup(results, trainer, cls, lr):
+def test_trainer_builds_the_plans_network_and_adamw_with_warmup(empty_results, trainer, cls, lr):
     plans = uxnet_plans(cls, kernel=7 if cls is UXNet else 21)
     t = trainer(plans, "3d_fullres", 0, DATASET, device=torch.device("cpu"))
     assert t.initial_lr == lr

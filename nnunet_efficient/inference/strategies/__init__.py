@@ -11,11 +11,12 @@ from nnunet_efficient.inference.strategies import (
 from nnunet_efficient.inference.strategies.base import (
     STRATEGIES,
     InferenceStrategy,
+    StrategyContext,
     StrategyOption,
     add_strategy_arguments,
     get_strategy,
     register_strategy,
 )
 
-__all__ = ["STRATEGIES", "InferenceStrategy", "StrategyOption", "add_strategy_arguments", "get_strategy",
-           "register_strategy"]
+__all__ = ["STRATEGIES", "InferenceStrategy", "StrategyContext", "StrategyOption", "add_strategy_arguments",
+           "get_strategy", "register_strategy"]

@@ -22,6 +22,15 @@ and the merged logits are kept on the host. Mirroring TTA
 flips the whole volume and runs the whole strategy per flip (the global pass included), then
 averages the logits, as nnU-Net averages mirrored windows.
 
+Steps: ``nmsw`` and ``random_fg`` choose among the model's candidate grid, nnU-Net's grid at the
+step of the plans' ``nmsw`` entry (the scorer was trained on it); ``zoom`` and ``global`` use no
+grid. None of them reads ``-step_size``; :meth:`InferenceStrategy.step_used` says which step each
+uses, so ``predict`` refuses a ``-step_size`` it would ignore and ``benchmark`` records the step used.
+
+Window choices are :meth:`NMSWNetwork.choose_windows`'s, the global and local passes
+:meth:`NMSWNetwork.global_pass` and :meth:`NMSWNetwork.local_pass`: the same code as the
+network's own ``forward_infer``.
+
 Memory: with the predictor's default ``accumulate_dtype`` (float16, as nnU-Net's sliding window)
 ``nmsw``, ``random_fg`` and ``global`` merge every window and every mirrored pass straight into
 one float16 ``(C, *canvas)`` buffer (:mod:`nnunet_efficient.sampling.compact`): the upsampled
@@ -34,24 +43,25 @@ float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
+from nnunet_efficient.common.modules import unwrap_network
 from nnunet_efficient.errors import EfficientError
-from nnunet_efficient.inference.strategies.base import InferenceStrategy, StrategyOption, register_strategy
+from nnunet_efficient.inference.strategies.base import (
+    InferenceStrategy,
+    StrategyContext,
+    StrategyOption,
+    register_strategy,
+)
 from nnunet_efficient.networks.aggregation import gaussian_importance_map
-from nnunet_efficient.networks.nmsw import NMSWNetwork, downsample_image, resize_linear_window, unwrap_network
+from nnunet_efficient.networks.nmsw import GlobalPass, NMSWPipeline, resize_linear_window
 from nnunet_efficient.networks.nmsw_baselines import global_only_infer, zoom_infer
 from nnunet_efficient.networks.nmsw_plans import NMSWSettings, nmsw_settings
 from nnunet_efficient.sampling.compact import merge_pass_into, window_weights
 from nnunet_efficient.sampling.sliding_window import WindowRun, mirror_axes_combinations
-from nnunet_efficient.sampling.topk import random_foreground_indices, topk_indices
 from nnunet_efficient.sampling.windows import crop_window
-
-if TYPE_CHECKING:
-    from nnunet_efficient.inference.predictor import EfficientPredictor
 
 
 @dataclass
@@ -66,25 +76,25 @@ class NMSWRun(WindowRun):
     global_passes: int = 0
 
 
-def nmsw_network(predictor: EfficientPredictor, strategy: str) -> NMSWNetwork:
-    """The predictor's NMSWNetwork (behind any DDP / torch.compile wrapper).
+def nmsw_network(context: StrategyContext, strategy: str) -> NMSWPipeline:
+    """The context's NMSW network, PyTorch or onnxruntime (behind any DDP / torch.compile wrapper).
 
     Raises:
         EfficientError: the model is not an NMSW model.
     """
-    network = unwrap_network(predictor.network)
-    if not isinstance(network, NMSWNetwork):
+    network = unwrap_network(context.network)
+    if not isinstance(network, NMSWPipeline):
         raise EfficientError(
             f"strategy '{strategy}' needs an NMSW model (trainer nnUNetTrainerNMSW, configuration 3d_nmsw); "
-            f"this model (trainer {getattr(predictor, 'trainer_name', '?')}) is a {type(network).__name__}: "
+            f"this model (trainer {context.trainer_name or '?'}) is a {type(network).__name__}: "
             f"use --strategy sliding_window.")
     return network
 
 
-def nmsw_predictor_settings(predictor: EfficientPredictor) -> NMSWSettings:
-    """The ``nmsw`` entry of the predictor's configuration (raises EfficientError without one)."""
-    return nmsw_settings(predictor.configuration_manager.configuration,
-                         f"the model's configuration (plans '{predictor.plans_manager.plans_name}')")
+def nmsw_context_settings(context: StrategyContext) -> NMSWSettings:
+    """The ``nmsw`` entry of the model's configuration (raises EfficientError without one)."""
+    return nmsw_settings(context.configuration_manager.configuration,
+                         f"the model's configuration (plans '{context.plans_manager.plans_name}')")
 
 
 class NMSWStrategy(InferenceStrategy):
@@ -96,22 +106,28 @@ class NMSWStrategy(InferenceStrategy):
         if k is not None and k < 1:
             raise EfficientError(f"--k must be at least 1 for strategy '{self.name}', got {k}.")
 
-    def check_predictor(self, predictor):
-        nmsw_network(predictor, self.name)
-        nmsw_predictor_settings(predictor)
+    def check(self, context):
+        nmsw_network(context, self.name)
+        nmsw_context_settings(context)
 
-    def infer(self, net: NMSWNetwork, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def step_used(self, context):  # the model's candidate grid (nmsw, random_fg) or no grid (zoom, global)
+        return nmsw_network(context, self.name).step if self.chooses_windows else None
+
+    #: whether the strategy chooses windows among the candidate grid (its step is the plans')
+    chooses_windows: bool = True
+
+    def infer(self, net: NMSWPipeline, image: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``(1, C_in, *canvas)`` image → ``((1, classes, *canvas)`` float32 logits, local windows evaluated)."""
         raise NotImplementedError
 
     #: whether :meth:`window_starts` describes this strategy, so that :meth:`infer_into` can run it
     compact: bool = True
 
-    def window_starts(self, net: NMSWNetwork, glob: dict) -> list[tuple[int, ...]]:
-        """The windows :meth:`infer` evaluates, chosen from the global pass (``NMSWNetwork._global_pass``)."""
+    def window_starts(self, net: NMSWPipeline, glob: GlobalPass) -> list[tuple[int, ...]]:
+        """The windows :meth:`infer` evaluates, chosen from the global pass (:meth:`NMSWNetwork.choose_windows`)."""
         raise NotImplementedError
 
-    def infer_into(self, net: NMSWNetwork, image: torch.Tensor, total: torch.Tensor,
+    def infer_into(self, net: NMSWPipeline, image: torch.Tensor, total: torch.Tensor,
                    flip_axes: tuple[int, ...]) -> int | None:
         """Add :meth:`infer`'s logits of ``image`` (flipped along ``flip_axes``) to ``total`` (float16
         ``(classes, *canvas)``) without a float32 volume; returns the local windows evaluated, or None
@@ -119,9 +135,9 @@ class NMSWStrategy(InferenceStrategy):
         if not self.compact:
             return None
         spatial = tuple(image.shape[2:])
-        glob = net._global_pass(downsample_image(image, net.global_shape), spatial)
+        glob = net.global_pass(image)
         starts = self.window_starts(net, glob)
-        global_logits = glob["global_logits"].float()
+        global_logits = glob.global_logits.float()
         importance = gaussian_importance_map(net.window_size, device=image.device)
 
         def fallback(a: int, b: int) -> torch.Tensor:  # the upsampled global logits, one slab
@@ -130,7 +146,7 @@ class NMSWStrategy(InferenceStrategy):
 
         def windows():  # as forward_infer: local pass, global crop, learned merge, one window at a time
             for start in starts:
-                local = net._local(crop_window(image, start, net.window_size))
+                local = net.local_pass(crop_window(image, start, net.window_size))
                 global_crop = resize_linear_window(global_logits, spatial, start, net.window_size)
                 yield start, net.aggregator(local, global_crop)[0]
 
@@ -139,19 +155,19 @@ class NMSWStrategy(InferenceStrategy):
         return len(starts)
 
     @torch.no_grad()
-    def predict(self, predictor, data):
-        net = nmsw_network(predictor, self.name)
-        settings = nmsw_predictor_settings(predictor)
+    def predict(self, context, data):
+        net = nmsw_network(context, self.name)
+        settings = nmsw_context_settings(context)
         padded, revert = pad_nd_image(data, settings.volume_shape, "constant", {"value": 0}, True, None)
-        image = padded[None].to(predictor.device)
+        image = padded[None].to(context.device)
         # the merged logits stay on the host with --not_on_device, as nnU-Net's aggregation buffers do
-        results_device = predictor.device if predictor.perform_everything_on_device else torch.device("cpu")
-        variants = [(), *mirror_axes_combinations(predictor.mirror_axes)]
+        results_device = context.device if context.perform_everything_on_device else torch.device("cpu")
+        variants = [(), *mirror_axes_combinations(context.mirror_axes)]
         run, total = NMSWRun(), None
-        if self.compact and predictor.accumulate_dtype != torch.float32:
-            total = torch.zeros((net.num_classes, *image.shape[2:]), dtype=predictor.accumulate_dtype,
+        if self.compact and context.accumulate_dtype != torch.float32:
+            total = torch.zeros((net.num_classes, *image.shape[2:]), dtype=context.accumulate_dtype,
                                 device=results_device)
-        with predictor.window_progress(len(variants)) as progress:
+        with context.window_progress(len(variants)) as progress:
             for axes in variants:
                 flipped = torch.flip(image, axes) if axes else image
                 windows = None if total is None or total.dtype == torch.float32 \
@@ -185,8 +201,7 @@ class NMSWTopK(NMSWStrategy):
         return out["logits"], len(out["window_starts"][0])
 
     def window_starts(self, net, glob):  # forward_infer's choice for strategy="nmsw"
-        k = net.k_infer if self.settings["k"] is None else int(self.settings["k"])
-        return [glob["starts"][n] for n in topk_indices(glob["masked_scores"], k)[0].tolist()]
+        return glob.window_starts(net.choose_windows(glob, self.settings["k"], "nmsw"))[0]
 
 
 @register_strategy
@@ -196,19 +211,17 @@ class RandomForeground(NMSWStrategy):
     name = "random_fg"
     options = (K_OPTION, StrategyOption("--seed", int, 0, "seed of the random window draw."))
 
-    def predict(self, predictor, data):
+    def predict(self, context, data):
         # one generator per volume: a case's windows do not depend on the cases before it
         self._generator = torch.Generator().manual_seed(self.settings["seed"])
-        return super().predict(predictor, data)
+        return super().predict(context, data)
 
     def infer(self, net, image):
         out = net.forward_infer(image, k=self.settings["k"], strategy="random_fg", generator=self._generator)
         return out["logits"], len(out["window_starts"][0])
 
     def window_starts(self, net, glob):  # forward_infer's choice for strategy="random_fg"
-        k = net.k_infer if self.settings["k"] is None else int(self.settings["k"])
-        indices = random_foreground_indices(glob["foreground"], k, self._generator)
-        return [glob["starts"][n] for n in indices[0].tolist()]
+        return glob.window_starts(net.choose_windows(glob, self.settings["k"], "random_fg", self._generator))[0]
 
 
 @register_strategy
@@ -217,6 +230,7 @@ class Zoom(NMSWStrategy):
 
     name = "zoom"
     compact = False  # boxes of any size, resized back: merged in float32
+    chooses_windows = False  # boxes of the global prediction, not candidates of the grid
 
     def infer(self, net, image):
         out = zoom_infer(net, image)
@@ -228,9 +242,10 @@ class GlobalOnly(NMSWStrategy):
     """The global branch alone, resized to full resolution (no local window)."""
 
     name = "global"
+    chooses_windows = False
 
     def infer(self, net, image):
         return global_only_infer(net, image)["logits"], 0
 
     def window_starts(self, net, glob):  # no window: the upsampled global logits everywhere
-        return []
+        return glob.window_starts(net.choose_windows(glob, strategy="global"))[0]

@@ -49,16 +49,6 @@ class SparseSelection:
         return asdict(self)
 
 
-def _slicers_at_step(predictor, spatial_shape, step: float) -> list:
-    """nnU-Net's own slicers (2D and 3D configurations alike) at another step size."""
-    requested = predictor.tile_step_size
-    predictor.tile_step_size = step
-    try:
-        return predictor._internal_get_sliding_window_slicers(spatial_shape)
-    finally:
-        predictor.tile_step_size = requested
-
-
 def foreground_of(logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
     """``(*spatial)`` foreground mask of ``(K, *spatial)`` logits, as nnU-Net would label them."""
     if has_regions:  # sigmoid > 0.5 for any region
@@ -83,29 +73,29 @@ class Sparse(InferenceStrategy):
         if self.settings["sparse_margin"] < 0:
             raise EfficientError(f"--sparse_margin must be >= 0, got {self.settings['sparse_margin']}")
 
-    def predict(self, predictor, data):
+    def predict(self, context, data):
         spatial = data.shape[1:]
-        guide_slicers = _slicers_at_step(predictor, spatial, GUIDE_STEP)
-        guide, run = run_windows(predictor, data, guide_slicers, mirroring=False)
-        candidates = predictor._internal_get_sliding_window_slicers(spatial)
+        guide_slicers = context.slicers(spatial, GUIDE_STEP)
+        guide, run = run_windows(context, data, guide_slicers, mirroring=False)
+        candidates = context.slicers(spatial)
         selection = SparseSelection(guide_windows=len(guide_slicers), candidate_windows=len(candidates))
         self.last_selection = selection
-        if predictor.tile_step_size == GUIDE_STEP and not predictor.mirror_axes:
+        if context.step == GUIDE_STEP and not context.mirror_axes:
             # the full-quality pass would repeat the guide pass window for window
             selection.fine_windows = len(candidates)
             return guide, run
 
-        foreground = foreground_of(guide, predictor.label_manager.has_regions).cpu()
+        foreground = foreground_of(guide, context.label_manager.has_regions).cpu()
         hot = grow_mask(foreground, self.settings["sparse_margin"])
         fine_slicers = windows_overlapping(hot, candidates)
         selection.foreground_voxels, selection.hot_voxels = int(foreground.sum()), int(hot.sum())
         selection.fine_windows = len(fine_slicers)
-        if predictor.verbose:
+        if context.verbose:
             print(f"sparse: {selection.foreground_voxels} foreground voxels in the guide; "
                   f"{selection.fine_windows}/{selection.candidate_windows} windows at full quality")
         if not fine_slicers:
             return guide, run
         # the guide's logits are replaced wherever a fine window lands: merge_sparse's result, in place
-        _, fine_run = run_windows(predictor, data, fine_slicers, out=guide)
+        _, fine_run = run_windows(context, data, fine_slicers, out=guide)
         run += fine_run
         return guide, run

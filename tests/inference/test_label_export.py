@@ -11,7 +11,7 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_efficient.benchmark.measure import PeakMemory
-from nnunet_efficient.inference.export import logits_to_labels, resize_axis_linear, resize_axis_nearest
+from nnunet_efficient.inference.label_export import logits_to_labels, resize_axis_linear, resize_axis_nearest
 
 
 def setup(classes, model_spacing, image_spacing, shape, regions=False, probabilities_kwargs=None, name=None):

@@ -32,6 +32,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from scipy.ndimage import map_coordinates
 
+from nnunet_efficient.common.messages import one_line
 from nnunet_efficient.errors import InputFileError
 
 #: nnU-Net's default resampling of logits/probabilities, reproduced by :func:`_linear_resampler`.
@@ -249,13 +250,4 @@ def check_written(path: str, voxels: int) -> None:
     if written != voxels:
         raise InputFileError(path, f"was written incompletely, disk full? ({reason})")
 
-
-def one_line(error: BaseException, limit: int = 200) -> str:
-    """The most telling line of an exception's message (SimpleITK's span several), shortened."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(error).__name__
-    for prefix in ("sitk::ERROR: ", "itk::ERROR: "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
