@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nnunet_efficient.common.files import atomic_write_json, atomic_write_text
+from nnunet_efficient.dataset_checks import dataset_name as resolve_dataset_name
 from nnunet_efficient.errors import EfficientError
 
 STATE_FILE = "compare_state.json"
@@ -153,15 +154,6 @@ def schedule_trainer_name(entry: Entry, epochs: int, iterations_per_epoch: int,
     return schedule_name(entry.trainer, epochs, iterations_per_epoch, entry.seed, tuple(keep_epochs))
 
 
-def _dataset_name(dataset: str | int) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        return maybe_convert_to_dataset_name(dataset if str(dataset).startswith("Dataset") else int(dataset))
-    except (RuntimeError, ValueError) as error:
-        raise EfficientError(f"dataset '{dataset}': {str(error).splitlines()[0]}") from None
-
-
 def model_folder(dataset_name: str, trainer_name: str, entry: Entry) -> str:
     from nnunetv2.paths import nnUNet_results
 
@@ -188,7 +180,7 @@ class Comparison:
             raise EfficientError(f"{images}: image folder does not exist")
         if not os.path.isdir(reference):
             raise EfficientError(f"{reference}: reference label folder does not exist")
-        self.dataset_name = _dataset_name(dataset)
+        self.dataset_name = resolve_dataset_name(dataset)
         self.entries, self.budget, self.fold = list(entries), budget, fold
         self.images, self.reference, self.output = images, reference, output
         if jobs < 1:
