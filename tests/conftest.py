@@ -61,6 +61,42 @@ def hippocampus_workspace(work: Path, dataset: str, n_train: int, n_test: int,
     return raw, env
 
 
+def predict_held_out(work: Path, raw: Path, env: dict[str, str], name: str, stock: list | None = None,
+                     plugin: list | None = None) -> Path:
+    """Predict ``raw/imagesTs`` into ``work/pred_<name>`` without mirroring, with stock ``nnUNetv2_predict``
+    (``stock``: its model arguments, e.g. ``["-d", "991", "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres"]``) or
+    the plugin's ``predict`` (``plugin``: e.g. ``["-m", MODEL, "--strategy", "sliding_window"]``); checks that
+    every held-out case got a label map of its image's size with the Hippocampus labels only."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    bin_folder = Path(sys.executable).parent
+    out = work / f"pred_{name}"
+    if stock is not None:
+        command = [bin_folder / "nnUNetv2_predict", *stock, "-npp", "1", "-nps", "1"]
+    else:
+        command = [bin_folder / "nnunet-efficient", "predict", *plugin, "--disable_progress_bar", "-npp", "0",
+                   "-nps", "0"]
+    run_command([*command, "-i", raw / "imagesTs", "-o", out, "-f", "0", "-device", "cpu", "--disable_tta"], env,
+                work / f"{name}.log")
+    for label_file in sorted(os.listdir(raw / "labelsTs")):
+        image = sitk.ReadImage(str(raw / "imagesTs" / label_file.replace(".nii.gz", "_0000.nii.gz")))
+        segmentation = sitk.ReadImage(str(out / label_file))
+        assert segmentation.GetSize() == image.GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(segmentation))) <= {0, 1, 2}
+    return out
+
+
+def label_agreement(first: Path, second: Path) -> float:
+    """The smallest fraction of equal voxels over the label maps the two folders share (all of ``first``)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    return min(float(np.mean(sitk.GetArrayFromImage(sitk.ReadImage(str(first / name)))
+                             == sitk.GetArrayFromImage(sitk.ReadImage(str(second / name)))))
+               for name in sorted(os.listdir(first)) if name.endswith(".nii.gz"))
+
+
 def tiny_plans(patch_size, num_input_channels: int, features=(4, 8, 16), spacing=(1.0, 1.0, 1.0),
                plans_name: str = "nnUNetPlansTiny") -> dict:
     """A complete nnU-Net plans dict with a small PlainConvUNet, as a planner would write it."""

@@ -11,15 +11,12 @@ measures quality.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from conftest import hippocampus_workspace
+from conftest import hippocampus_workspace, predict_held_out
 from conftest import run_command as run
 
 pytestmark = pytest.mark.integration
@@ -70,17 +67,7 @@ def test_stock_training_writes_a_checkpoint_and_validates(model):
 @pytest.mark.parametrize("command", ["stock", "plugin"])
 def test_prediction_with_stock_and_plugin_commands(workspace, model, command):
     work, raw, env = workspace
-    out = work / f"pred_{command}"
     if command == "stock":
-        run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", "992", "-p", PLANS, "-tr", TRAINER,
-             "-c", "3d_fullres", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
-            env, work / f"{command}.log")
+        predict_held_out(work, raw, env, command, stock=["-d", "992", "-p", PLANS, "-tr", TRAINER, "-c", "3d_fullres"])
     else:
-        run([BIN / "nnunet-efficient", "predict", "-m", model, "-i", raw / "imagesTs", "-o", out, "-f", "0",
-             "-device", "cpu", "--disable_tta", "--disable_progress_bar", "-npp", "0", "-nps", "0"],
-            env, work / f"{command}.log")
-    for name in sorted(os.listdir(raw / "labelsTs")):
-        image = sitk.ReadImage(str(raw / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
-        seg = sitk.ReadImage(str(out / name))
-        assert seg.GetSize() == image.GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+        predict_held_out(work, raw, env, command, plugin=["-m", model])

@@ -15,11 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from conftest import hippocampus_workspace
+from conftest import hippocampus_workspace, label_agreement, predict_held_out
 from conftest import run_command as run
 
 pytestmark = pytest.mark.integration
@@ -76,26 +74,13 @@ def test_stock_training_writes_a_token_sparse_checkpoint(model):
 @pytest.mark.parametrize("command", ["stock", "plugin"])
 def test_prediction_with_stock_and_plugin_commands(workspace, model, command):
     work, raw, env = workspace
-    out = work / f"pred_{command}"
     if command == "stock":
-        run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", "993", "-p", PLANS, "-tr", TRAINER,
-             "-c", CONFIGURATION, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
-            env, work / f"{command}.log")
+        predict_held_out(work, raw, env, command, stock=["-d", "993", "-p", PLANS, "-tr", TRAINER, "-c", CONFIGURATION])
     else:
-        run([BIN / "nnunet-efficient", "predict", "-m", model, "-i", raw / "imagesTs", "-o", out, "-f", "0",
-             "-device", "cpu", "--disable_tta", "--disable_progress_bar", "-npp", "0", "-nps", "0"],
-            env, work / f"{command}.log")
-    for name in sorted(os.listdir(raw / "labelsTs")):
-        image = sitk.ReadImage(str(raw / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
-        seg = sitk.ReadImage(str(out / name))
-        assert seg.GetSize() == image.GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+        predict_held_out(work, raw, env, command, plugin=["-m", model])
 
 
 def test_stock_and_plugin_predictions_agree(workspace, model):
-    work, raw, _ = workspace
-    for name in sorted(os.listdir(raw / "labelsTs")):
-        stock = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_stock" / name)))
-        plugin = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_plugin" / name)))
-        assert np.mean(stock == plugin) >= 0.9999
+    work, _, _ = workspace
+    assert label_agreement(work / "pred_stock", work / "pred_plugin") >= 0.9999
 

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from conftest import hippocampus_workspace
+from conftest import hippocampus_workspace, label_agreement, predict_held_out
 from conftest import run_command as run
 
 pytestmark = pytest.mark.integration
@@ -69,28 +66,16 @@ def test_stock_training_writes_an_unfolded_checkpoint(repux_model):
 @pytest.mark.parametrize("command", ["stock", "sliding_window", "sparse"])
 def test_prediction_with_stock_and_plugin_commands(workspace, repux_model, command):
     work, raw, env = workspace
-    out = work / f"pred_{command}"
     if command == "stock":
-        run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", "991", "-p", "nnUNetPlansRepUXNetCPU",
-             "-tr", REPUX_TRAINER, "-c", "3d_fullres", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1",
-             "-nps", "1"], env, work / f"{command}.log")
+        predict_held_out(work, raw, env, command, stock=["-d", "991", "-p", "nnUNetPlansRepUXNetCPU", "-tr",
+                                                         REPUX_TRAINER, "-c", "3d_fullres"])
     else:
-        run([BIN / "nnunet-efficient", "predict", "-m", repux_model, "-i", raw / "imagesTs", "-o", out, "-f", "0",
-             "-device", "cpu", "--disable_tta", "--strategy", command, "--disable_progress_bar", "-npp", "0",
-             "-nps", "0"], env, work / f"{command}.log")
-    for name in sorted(os.listdir(raw / "labelsTs")):
-        image = sitk.ReadImage(str(raw / "imagesTs" / name.replace(".nii.gz", "_0000.nii.gz")))
-        seg = sitk.ReadImage(str(out / name))
-        assert seg.GetSize() == image.GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+        predict_held_out(work, raw, env, command, plugin=["-m", repux_model, "--strategy", command])
 
 
 def test_plugin_prediction_with_folded_kernels_equals_stock_unfolded(workspace, repux_model):
-    work, raw, _ = workspace
-    for name in sorted(os.listdir(raw / "labelsTs")):
-        stock = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_stock" / name)))
-        folded = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "pred_sliding_window" / name)))
-        assert np.mean(stock == folded) >= 0.9999
+    work, _, _ = workspace
+    assert label_agreement(work / "pred_stock", work / "pred_sliding_window") >= 0.9999
 
 
 def test_compare_writes_its_table_and_curve_and_resumes_without_retraining(workspace):

@@ -27,7 +27,7 @@ from reliability.harness import (
     write_training_dataset,
 )
 
-from nnunet_efficient.trainers import ext_trainer_folder
+from nnunet_efficient.common.plugin_env import ext_trainer_folder
 
 SCHEDULE = "nnUNetTrainer_10epochs_3iters"
 FOLD = f"{SCHEDULE}__nnUNetPlansTiny__3d_fullres/fold_0"

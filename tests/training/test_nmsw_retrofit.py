@@ -19,7 +19,7 @@ import torch
 from conftest import SAMPLE
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_efficient.trainers import ext_trainer_folder
+from nnunet_efficient.common.plugin_env import ext_trainer_folder
 
 PLANS = "nnUNetPlansCPU"
 DATASET = "Dataset990_HippocampusSample"
