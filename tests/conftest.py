@@ -61,6 +61,26 @@ def hippocampus_workspace(work: Path, dataset: str, n_train: int, n_test: int,
     return raw, env
 
 
+def sample_workspace(root: Path, cases: list[str], n_train: int) -> dict[str, str]:
+    """The shipped sample's ``cases`` as raw dataset 990 under ``root/raw`` (one fold: the first ``n_train``
+    train, the rest validate); returns the environment for nnU-Net's commands with the plugin's trainers."""
+    from nnunet_efficient.common.plugin_env import ext_trainer_folder
+
+    raw = root / "raw" / SAMPLE.name
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    for case in cases:
+        shutil.copy(SAMPLE / "imagesTr" / f"{case}_0000.nii.gz", raw / "imagesTr")
+        shutil.copy(SAMPLE / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr")
+    dataset = json.loads((SAMPLE / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**dataset, "numTraining": len(cases)}))
+    # copied to nnUNet_preprocessed by the planner
+    (raw / "splits_final.json").write_text(json.dumps([{"train": cases[:n_train], "val": cases[n_train:]}]))
+    return {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
+            "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": ext_trainer_folder(),
+            "nnUNet_compile": "0", "nnUNet_def_n_proc": "1"}
+
+
 def predict_held_out(work: Path, raw: Path, env: dict[str, str], name: str, stock: list | None = None,
                      plugin: list | None = None) -> Path:
     """Predict ``raw/imagesTs`` into ``work/pred_<name>`` without mirroring, with stock ``nnUNetv2_predict``

@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, sample_workspace
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-from nnunet_efficient.common.plugin_env import ext_trainer_folder
 
 PLANS = "nnUNetPlansCPU"
 DATASET = "Dataset990_HippocampusSample"
@@ -49,18 +47,7 @@ def weights(folder, checkpoint="checkpoint_final.pth"):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("nmsw_retrofit")
-    raw = root / "raw" / DATASET
-    for sub in ("imagesTr", "labelsTr"):
-        (raw / sub).mkdir(parents=True)
-    for case in CASES:
-        shutil.copy(SAMPLE / "imagesTr" / f"{case}_0000.nii.gz", raw / "imagesTr")
-        shutil.copy(SAMPLE / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr")
-    dataset = json.loads((SAMPLE / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps({**dataset, "numTraining": len(CASES)}))
-    (raw / "splits_final.json").write_text(json.dumps([{"train": CASES[:5], "val": CASES[5:]}]))
-    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
-           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": ext_trainer_folder(),
-           "nnUNet_compile": "0", "nnUNet_def_n_proc": "1"}
+    env = sample_workspace(root, CASES, 5)
     run([*CLI, "plan_and_preprocess", "-d", "990", "-pl", "nnUNetPlannerCPU", "-c", "3d_fullres", "-np", "1",
          "-npfp", "1", "--no_pbar"], env)
     plans_file = root / "pre" / DATASET / f"{PLANS}.json"

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, sample_workspace
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_efficient.common.plugin_env import ext_trainer_folder
 from nnunet_efficient.networks.nmsw_plans import nmsw_settings
 
 TRAINER = "nnUNetTrainerNMSW_1epochs_2iters"
@@ -39,19 +38,7 @@ def run(command, env, timeout=600):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("nmsw_e2e")
-    raw = root / "raw" / DATASET
-    for sub in ("imagesTr", "labelsTr"):
-        (raw / sub).mkdir(parents=True)
-    for case in CASES:
-        shutil.copy(SAMPLE / "imagesTr" / f"{case}_0000.nii.gz", raw / "imagesTr")
-        shutil.copy(SAMPLE / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr")
-    dataset = json.loads((SAMPLE / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps({**dataset, "numTraining": len(CASES)}))
-    # one fold: 5 training cases, 1 validation case (copied to nnUNet_preprocessed by the planner)
-    (raw / "splits_final.json").write_text(json.dumps([{"train": CASES[:5], "val": CASES[5:]}]))
-    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
-           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": ext_trainer_folder(),
-           "nnUNet_compile": "0", "nnUNet_def_n_proc": "1"}
+    env = sample_workspace(root, CASES, 5)
     cli = [sys.executable, "-m", "nnunet_efficient.cli.main"]
     run([*cli, "plan_and_preprocess", "-d", "990", "-pl", "nnUNetPlannerNMSWCPU", "-c", "3d_fullres",
          "-np", "1", "-npfp", "1", "--no_pbar"], env)
